@@ -1,0 +1,176 @@
+"""Search speed of :func:`rllib_muzero.mcts.muzero_search`: node expansions per second vs. a network-only bound.
+
+For each batch size B it times one search of ``--simulations`` simulations from B roots (expansions/s =
+B * simulations / search wall time) and the SAME batched network calls without any tree work: ``--simulations`` calls
+of the same ``recurrent_fn`` (network + conversion of its outputs to numpy) on B rows, the bound any search with this
+network can reach. It prints search/bound. Medians over ``--repeats`` interleaved runs, after warm-up runs (numba
+compilation or cache load, allocator, workspace).
+
+The network is fixed so results compare across implementations: representation 4->64->64, dynamics on
+[hidden, one-hot action] 66->64->64 (ReLU between the layers, per-sample min-max scaling of hidden states), reward and
+value heads 64->64->601 (categorical support -300..300, scalar = expectation under the softmax), policy head 64->64->2.
+Single thread, CPU, all network calls under ``torch.inference_mode()``; the search explores (Dirichlet noise on).
+
+Reproduce::
+
+    python benchmarks/search_speed.py                       # batch sizes 1 8 32 128, 50 simulations
+    python benchmarks/search_speed.py --batch-sizes 1 32 --repeats 15
+    python benchmarks/search_speed.py --profile 32          # cProfile of searches with 32 roots
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+try:
+    from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchWorkspace, muzero_search
+except ImportError:  # a checkout without `pip install -e .`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchWorkspace, muzero_search
+
+OBS_DIM, HIDDEN, NUM_ACTIONS, SUPPORT = 4, 64, 2, 300
+
+
+def _mlp(n_in: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, HIDDEN), nn.ReLU(), nn.Linear(HIDDEN, n_out))
+
+
+def _scale(hidden: torch.Tensor) -> torch.Tensor:
+    """Per-sample min-max scaling of hidden states to [0, 1] (paper Appendix G)."""
+    lo = hidden.min(dim=1, keepdim=True).values
+    hi = hidden.max(dim=1, keepdim=True).values
+    return (hidden - lo) / (hi - lo + 1e-8)
+
+
+class BenchNet(nn.Module):
+    """The fixed comparison network (see the module docstring)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.representation = _mlp(OBS_DIM, HIDDEN)
+        self.dynamics = _mlp(HIDDEN + NUM_ACTIONS, HIDDEN)
+        self.reward_head = _mlp(HIDDEN, 2 * SUPPORT + 1)
+        self.value_head = _mlp(HIDDEN, 2 * SUPPORT + 1)
+        self.policy_head = _mlp(HIDDEN, NUM_ACTIONS)
+        self.register_buffer("atoms", torch.arange(-SUPPORT, SUPPORT + 1, dtype=torch.float32))
+        self.register_buffer("one_hot", torch.eye(NUM_ACTIONS))
+
+    def _scalar(self, logits: torch.Tensor) -> torch.Tensor:
+        return (torch.softmax(logits, dim=1) * self.atoms).sum(dim=1)
+
+    def initial_inference(self, obs: torch.Tensor) -> RootOutput:
+        hidden = _scale(self.representation(obs))
+        return RootOutput(
+            prior_logits=self.policy_head(hidden).numpy(),
+            value=self._scalar(self.value_head(hidden)).numpy(),
+            embedding=hidden,
+        )
+
+    def recurrent_inference(self, hidden: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
+        x = torch.cat([hidden, self.one_hot[torch.from_numpy(actions)]], dim=1)
+        next_hidden = _scale(self.dynamics(x))
+        return RecurrentOutput(
+            reward=self._scalar(self.reward_head(next_hidden)).numpy(),
+            prior_logits=self.policy_head(next_hidden).numpy(),
+            value=self._scalar(self.value_head(next_hidden)).numpy(),
+            embedding=next_hidden,
+        )
+
+
+def _time(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(net: BenchNet, batch_size: int, simulations: int, repeats: int, seed: int = 0) -> dict[str, float]:
+    rng = np.random.default_rng(seed)
+    workspace = SearchWorkspace()
+    with torch.inference_mode():
+        obs = torch.from_numpy(rng.standard_normal((batch_size, OBS_DIM)).astype(np.float32))
+        root = net.initial_inference(obs)
+        actions = rng.integers(0, NUM_ACTIONS, size=batch_size).astype(np.int64)
+
+        def search() -> None:
+            muzero_search(
+                root,
+                net.recurrent_inference,
+                num_simulations=simulations,
+                discount=0.997,
+                add_exploration_noise=True,
+                rng=rng,
+                workspace=workspace,
+            )
+
+        def bound() -> None:
+            for _ in range(simulations):
+                net.recurrent_inference(root.embedding, actions)
+
+        for _ in range(3):  # warm-up: numba compile / cache load, allocator, workspace
+            search()
+            bound()
+        # Interleave so both see the same machine state.
+        search_times, bound_times = [], []
+        for _ in range(repeats):
+            search_times.append(_time(search))
+            bound_times.append(_time(bound))
+    t_search, t_bound = float(np.median(search_times)), float(np.median(bound_times))
+    expansions = batch_size * simulations
+    return {
+        "search_s": t_search,
+        "bound_s": t_bound,
+        "search_eps": expansions / t_search,
+        "bound_eps": expansions / t_bound,
+        "ratio": t_bound / t_search,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--simulations", type=int, default=50)
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per measurement (median)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--profile",
+        type=int,
+        default=None,
+        metavar="B",
+        help="instead of the table, cProfile 20 searches with this batch size",
+    )
+    args = parser.parse_args()
+
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    net = BenchNet().eval()
+
+    if args.profile is not None:
+        measure(net, args.profile, args.simulations, repeats=1, seed=args.seed)  # warm-up
+        profiler = cProfile.Profile()
+        profiler.enable()
+        measure(net, args.profile, args.simulations, repeats=20, seed=args.seed)
+        profiler.disable()
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        return
+
+    print(f"muzero_search, {args.simulations} simulations, 1 thread, torch {torch.__version__}")
+    print(f"{'roots':>6} {'search ms':>10} {'bound ms':>10} {'search exp/s':>13} {'bound exp/s':>12} {'ratio':>6}")
+    for batch_size in args.batch_sizes:
+        r = measure(net, batch_size, args.simulations, args.repeats, seed=args.seed)
+        print(
+            f"{batch_size:>6} {1e3 * r['search_s']:>10.2f} {1e3 * r['bound_s']:>10.2f} {r['search_eps']:>13,.0f} "
+            f"{r['bound_eps']:>12,.0f} {r['ratio']:>6.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

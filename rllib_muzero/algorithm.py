@@ -1,0 +1,515 @@
+"""``MuZeroConfig`` and the ``MuZero`` algorithm (RLlib old API stack).
+
+``MuZeroConfig`` holds the typed, validated hyperparameters in RLlib's builder-config style.
+
+Defaults follow the paper (Schrittwieser et al., arXiv 1911.08265, Appendix B/G, "the paper") unless said otherwise;
+where RLlib already has a field for a concept (``gamma``, ``lr``, ``grad_clip``, ``train_batch_size``,
+``num_steps_sampled_before_learning_starts``, ``training_intensity``) MuZero uses it under RLlib's name.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Optional, Sequence
+
+import gymnasium as gym
+import numpy as np
+from ray.rllib.algorithms.algorithm import Algorithm
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.env.env_context import EnvContext
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.policy.policy import Policy
+from ray.rllib.policy.sample_batch import SampleBatch
+from ray.rllib.utils.metrics import (
+    LEARN_ON_BATCH_TIMER,
+    NUM_AGENT_STEPS_SAMPLED,
+    NUM_AGENT_STEPS_TRAINED,
+    NUM_ENV_STEPS_SAMPLED,
+    NUM_ENV_STEPS_TRAINED,
+    REPLAY_BUFFER_SAMPLE_TIMER,
+    SAMPLE_TIMER,
+    SYNCH_WORKER_WEIGHTS_TIMER,
+)
+from ray.rllib.utils.typing import PolicyID
+
+from rllib_muzero import columns
+from rllib_muzero.mcts import UNVISITED_VALUE_MODES
+from rllib_muzero.models import DEFAULT_MODEL_NAME
+from rllib_muzero.policy import MuZeroTorchPolicy
+from rllib_muzero.replay import SequenceReplayBuffer
+
+OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+
+
+class MuZeroConfig(AlgorithmConfig):
+    """Configuration of the MuZero algorithm.
+
+    Example:
+        .. code-block:: python
+
+            from rllib_muzero import MuZeroConfig
+
+            config = (
+                MuZeroConfig()
+                .environment("CartPole-v1")
+                .env_runners(num_env_runners=1, num_envs_per_env_runner=8)
+                .training(num_simulations=25, num_unroll_steps=5, td_steps=10, lr=3e-3)
+            )
+            algo = config.build_algo()
+            print(algo.train()["env_runners"]["episode_return_mean"])
+
+    The config selects RLlib's old API stack itself (``enable_rl_module_and_learner=False``,
+    ``enable_env_runner_and_connector_v2=False``); users never call ``api_stack``.
+    """
+
+    def __init__(self, algo_class: Optional[type] = None):
+        super().__init__(algo_class=algo_class or MuZero)
+        # Old API stack (Policy / TorchModelV2 / RolloutWorker), set as attributes: `api_stack()` would warn.
+        self.enable_rl_module_and_learner = False
+        self.enable_env_runner_and_connector_v2 = False
+        self.exploration_config = {"type": "StochasticSampling"}  # unused by the search; keeps RLlib quiet
+        self.framework_str = "torch"
+
+        # --- RLlib fields with MuZero defaults ---
+        self.gamma = 0.997  # paper Appendix G (discount)
+        self.lr = 3e-3
+        self.train_batch_size = 128  # paper: 1024 (Atari); small machines train smaller batches more often
+        self.grad_clip = None
+        self.rollout_fragment_length = 50
+        self.batch_mode = "truncate_episodes"
+        self.num_steps_sampled_before_learning_starts = 1000
+        self.training_intensity: Optional[float] = None
+        self.model = dict(self.model, custom_model=DEFAULT_MODEL_NAME, custom_model_config={})
+
+        # --- Search (paper Appendix B, pseudocode run_mcts / ucb_score) ---
+        self.num_simulations = 50
+        self.pb_c_base = 19652.0
+        self.pb_c_init = 1.25
+        self.root_dirichlet_alpha = 0.25
+        self.root_exploration_fraction = 0.25
+        self.unvisited_value = "zero"
+        self.root_counts_as_visit = True
+        self.visit_softmax_temperatures: list[float] = [1.0, 0.5, 0.25]
+        self.visit_softmax_steps: list[int] = [15_000, 30_000]
+
+        # --- Targets and loss (paper eq. 1, Appendix F/G) ---
+        self.num_unroll_steps = 5
+        self.td_steps = 10
+        self.value_support: tuple[int, int] = (-300, 300)
+        self.reward_support: tuple[int, int] = (-300, 300)
+        self.use_target_transform = True
+        self.value_loss_weight = 1.0
+        self.reward_loss_weight = 1.0
+        self.policy_loss_weight = 1.0
+        self.optimizer_type = "adamw"
+        self.momentum = 0.9
+        self.weight_decay = 1e-4
+
+        # --- Prioritized sequence replay (paper Appendix G; Schaul et al. 2016) ---
+        self.replay_capacity = 100_000
+        self.prioritized_replay_alpha = 1.0
+        self.prioritized_replay_beta = 1.0
+        self.beta_increment_per_sampling = 0.001
+        self.prioritized_replay_eps = 0.01
+
+    # ------------------------------------------------------------------ builder
+    def training(
+        self,
+        *,
+        num_simulations: Optional[int] = NotProvided,
+        num_unroll_steps: Optional[int] = NotProvided,
+        td_steps: Optional[int] = NotProvided,
+        pb_c_base: Optional[float] = NotProvided,
+        pb_c_init: Optional[float] = NotProvided,
+        root_dirichlet_alpha: Optional[float] = NotProvided,
+        root_exploration_fraction: Optional[float] = NotProvided,
+        unvisited_value: Optional[str] = NotProvided,
+        root_counts_as_visit: Optional[bool] = NotProvided,
+        visit_softmax_temperatures: Optional[Sequence[float]] = NotProvided,
+        visit_softmax_steps: Optional[Sequence[int]] = NotProvided,
+        value_support: Optional[Sequence[int]] = NotProvided,
+        reward_support: Optional[Sequence[int]] = NotProvided,
+        use_target_transform: Optional[bool] = NotProvided,
+        value_loss_weight: Optional[float] = NotProvided,
+        reward_loss_weight: Optional[float] = NotProvided,
+        policy_loss_weight: Optional[float] = NotProvided,
+        optimizer_type: Optional[str] = NotProvided,
+        momentum: Optional[float] = NotProvided,
+        weight_decay: Optional[float] = NotProvided,
+        replay_capacity: Optional[int] = NotProvided,
+        prioritized_replay_alpha: Optional[float] = NotProvided,
+        prioritized_replay_beta: Optional[float] = NotProvided,
+        beta_increment_per_sampling: Optional[float] = NotProvided,
+        prioritized_replay_eps: Optional[float] = NotProvided,
+        num_steps_sampled_before_learning_starts: Optional[int] = NotProvided,
+        training_intensity: Optional[float] = NotProvided,
+        **kwargs: Any,
+    ) -> "MuZeroConfig":
+        """Sets MuZero's training and search hyperparameters (plus RLlib's own, e.g. ``lr``, ``gamma``).
+
+        Args:
+            num_simulations: MCTS simulations per move; one batched network call each (paper: 50 for Atari).
+            num_unroll_steps: K, steps the dynamics function is unrolled in training (paper: 5).
+            td_steps: n of the n-step value target z_t (paper: 10 for Atari).
+            pb_c_base: c2 of the pUCT rule (paper: 19652).
+            pb_c_init: c1 of the pUCT rule (paper: 1.25).
+            root_dirichlet_alpha: Dirichlet noise concentration at the root when exploring (paper: 0.25).
+            root_exploration_fraction: Mixing weight of that noise into the root prior (paper: 0.25).
+            unvisited_value: Q of unvisited children in pUCT: "zero" (pseudocode) or "parent" (parent's mean value).
+            root_counts_as_visit: Count the root's network value as its first visit so the prior decides the
+                first simulation (mctx); False reproduces the pseudocode, where sqrt(0) zeroes the prior term.
+            visit_softmax_temperatures: Temperatures for acting from visit counts (paper Appendix D: 1, 0.5,
+                0.25); 0 means greedy.
+            visit_softmax_steps: Learner updates after which the next temperature of the list applies
+                (one fewer entry than ``visit_softmax_temperatures``, increasing).
+            value_support: (min, max) integer atoms of the categorical value head (paper: -300..300).
+            reward_support: (min, max) integer atoms of the categorical reward head.
+            use_target_transform: Apply h(x) = sign(x)(sqrt(|x|+1)-1)+0.001x to value/reward targets (Appendix F).
+            value_loss_weight: Scale of the value loss (eq. 1 has 1; the paper's Reanalyse runs use 0.25).
+            reward_loss_weight: Scale of the reward loss.
+            policy_loss_weight: Scale of the policy loss.
+            optimizer_type: One of "sgd", "rmsprop", "adam", "adamw" (``weight_decay`` is c of eq. 1).
+            momentum: Momentum for "sgd" and "rmsprop" (paper: 0.9).
+            weight_decay: L2 / decoupled weight decay (paper: 1e-4).
+            replay_capacity: Transitions kept in the replay buffer; the oldest are evicted first.
+            prioritized_replay_alpha: Priority exponent alpha, P(i) = p_i^alpha / sum_k p_k^alpha (paper: 1).
+            prioritized_replay_beta: Initial importance-sampling exponent beta (paper: 1).
+            beta_increment_per_sampling: Added to beta on every replay sample, up to 1.
+            prioritized_replay_eps: epsilon added to |nu - z| so no stored position has zero priority.
+            num_steps_sampled_before_learning_starts: Env steps stored before the first learner update.
+            training_intensity: Replayed positions per new env step (replay ratio). None: one update per
+                ``training_step``.
+        """
+        super().training(**kwargs)
+        for name, value in dict(
+            num_simulations=num_simulations,
+            num_unroll_steps=num_unroll_steps,
+            td_steps=td_steps,
+            pb_c_base=pb_c_base,
+            pb_c_init=pb_c_init,
+            root_dirichlet_alpha=root_dirichlet_alpha,
+            root_exploration_fraction=root_exploration_fraction,
+            unvisited_value=unvisited_value,
+            root_counts_as_visit=root_counts_as_visit,
+            visit_softmax_temperatures=visit_softmax_temperatures,
+            visit_softmax_steps=visit_softmax_steps,
+            value_support=value_support,
+            reward_support=reward_support,
+            use_target_transform=use_target_transform,
+            value_loss_weight=value_loss_weight,
+            reward_loss_weight=reward_loss_weight,
+            policy_loss_weight=policy_loss_weight,
+            optimizer_type=optimizer_type,
+            momentum=momentum,
+            weight_decay=weight_decay,
+            replay_capacity=replay_capacity,
+            prioritized_replay_alpha=prioritized_replay_alpha,
+            prioritized_replay_beta=prioritized_replay_beta,
+            beta_increment_per_sampling=beta_increment_per_sampling,
+            prioritized_replay_eps=prioritized_replay_eps,
+            num_steps_sampled_before_learning_starts=num_steps_sampled_before_learning_starts,
+            training_intensity=training_intensity,
+        ).items():
+            if value is not NotProvided:
+                setattr(self, name, value)
+        return self
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Checks every MuZero option and raises ``ValueError`` naming the option, the value and what is accepted."""
+        super().validate()
+        self._validate_known_keys()
+        if self.enable_rl_module_and_learner or self.enable_env_runner_and_connector_v2:
+            _fail("api_stack", "new API stack", "MuZero runs on RLlib's old API stack only (both flags False)")
+        _check_int(self, "num_simulations", minimum=1)
+        _check_int(self, "num_unroll_steps", minimum=1)
+        _check_int(self, "td_steps", minimum=1)
+        _check_int(self, "train_batch_size", minimum=1)
+        _check_int(self, "replay_capacity", minimum=1)
+        _check_int(self, "num_steps_sampled_before_learning_starts", minimum=0)
+        if self.replay_capacity < self.train_batch_size:
+            _fail("replay_capacity", self.replay_capacity,
+                  f"an integer >= `train_batch_size` ({self.train_batch_size}): the buffer must hold one batch")
+        if not _is_number(self.gamma) or not 0.0 < self.gamma <= 1.0:
+            _fail("gamma", self.gamma, "a discount in (0, 1]")
+        if not _is_number(self.lr) or self.lr <= 0:
+            _fail("lr", self.lr, "a positive float (schedules are not supported; see `lr`)")
+        for name in ("pb_c_base", "pb_c_init", "root_dirichlet_alpha", "prioritized_replay_eps"):
+            if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
+                _fail(name, getattr(self, name), "a positive number")
+        for name in ("root_exploration_fraction", "prioritized_replay_beta", "momentum"):
+            value = getattr(self, name)
+            if not _is_number(value) or not 0.0 <= value <= 1.0:
+                _fail(name, value, "a number in [0, 1]")
+        for name in ("prioritized_replay_alpha", "beta_increment_per_sampling", "weight_decay",
+                     "value_loss_weight", "reward_loss_weight", "policy_loss_weight"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                _fail(name, value, "a number >= 0")
+        if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
+            _fail("grad_clip", self.grad_clip, "None or a positive number")
+        if self.training_intensity is not None and (
+            not _is_number(self.training_intensity) or self.training_intensity <= 0
+        ):
+            _fail("training_intensity", self.training_intensity, "None or a positive number (replay ratio)")
+        if self.unvisited_value not in UNVISITED_VALUE_MODES:
+            _fail("unvisited_value", self.unvisited_value, f"one of {list(UNVISITED_VALUE_MODES)}")
+        if str(self.optimizer_type).lower() not in OPTIMIZERS:
+            _fail("optimizer_type", self.optimizer_type, f"one of {list(OPTIMIZERS)}")
+        for name in ("value_support", "reward_support"):
+            _check_support(name, getattr(self, name))
+        self._validate_temperatures()
+        if self.batch_mode not in ("truncate_episodes", "complete_episodes"):
+            _fail("batch_mode", self.batch_mode, "'truncate_episodes' or 'complete_episodes'")
+
+    def _validate_temperatures(self) -> None:
+        temps = self.visit_softmax_temperatures
+        steps = self.visit_softmax_steps
+        if not isinstance(temps, (list, tuple)) or not temps:
+            _fail("visit_softmax_temperatures", temps, "a non-empty list of numbers >= 0 (0 = greedy)")
+        if any(not _is_number(t) or t < 0 for t in temps):
+            _fail("visit_softmax_temperatures", temps, "numbers >= 0 (0 = greedy)")
+        if not isinstance(steps, (list, tuple)) or len(steps) != len(temps) - 1:
+            _fail("visit_softmax_steps", steps,
+                  f"a list of {len(temps) - 1} learner-update counts (one fewer than `visit_softmax_temperatures`)")
+        if any(not isinstance(s, int) or s < 0 for s in steps) or list(steps) != sorted(steps):
+            _fail("visit_softmax_steps", steps, "increasing non-negative integers")
+
+    def _validate_known_keys(self) -> None:
+        """Rejects attributes no MuZeroConfig has (a YAML/dict typo is otherwise silently ignored by RLlib)."""
+        known = _known_keys()
+        unknown = sorted(k for k in vars(self) if k not in known and not k.startswith("_"))
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, sorted(known), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise ValueError(f"Unknown MuZero config key `{key}`.{hint} See MuZeroConfig's builder methods for the "
+                             "accepted keys.")
+
+    @property
+    def visit_softmax_schedule(self) -> list[tuple[int, float]]:
+        """[(from_learner_update, temperature), ...], the acting temperature schedule."""
+        starts = [0, *self.visit_softmax_steps]
+        return list(zip(starts, self.visit_softmax_temperatures))
+
+
+_KNOWN_KEYS: Optional[frozenset] = None
+
+
+def _known_keys() -> frozenset:
+    global _KNOWN_KEYS  # a cache of a pure function of the class, not state
+    if _KNOWN_KEYS is None:
+        default = MuZeroConfig()
+        keys = set(vars(default))
+        keys.update(default.to_dict().keys())
+        keys.update(default.get_state().keys())  # e.g. "class", set by Algorithm.__init__'s from_state()
+        # Old names RLlib still maps (update_from_dict) and keys Tune injects.
+        keys.update({"num_workers", "num_envs_per_worker", "callbacks", "env_config", "__trial_info__"})
+        _KNOWN_KEYS = frozenset(keys)
+    return _KNOWN_KEYS
+
+
+def _fail(option: str, value: Any, accepted: str) -> None:
+    raise ValueError(f"Invalid MuZero config `{option}`={value!r}: expected {accepted}.")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_int(config: MuZeroConfig, name: str, minimum: int) -> None:
+    value = getattr(config, name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        _fail(name, value, f"an integer >= {minimum}")
+
+
+def _check_support(name: str, value: Any) -> None:
+    if (not isinstance(value, (list, tuple)) or len(value) != 2
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        _fail(name, value, "a (min, max) pair of integers")
+    if value[0] >= value[1]:
+        _fail(name, value, "min < max (a support needs at least two atoms)")
+
+
+class MuZero(Algorithm):
+    """MuZero (Schrittwieser et al. 2020) as an RLlib algorithm on the old API stack.
+
+    Env runners act with :class:`~rllib_muzero.policy.MuZeroTorchPolicy` (batched MCTS); the driver keeps one
+    :class:`~rllib_muzero.replay.SequenceReplayBuffer` per trained policy and runs the learner updates.
+    """
+
+    @classmethod
+    def get_default_config(cls) -> MuZeroConfig:
+        return MuZeroConfig()
+
+    @classmethod
+    def get_default_policy_class(cls, config: AlgorithmConfig) -> type[Policy]:
+        return MuZeroTorchPolicy
+
+    def setup(self, config: AlgorithmConfig) -> None:
+        self._check_env_spaces()  # before any env runner starts
+        super().setup(config)
+        self.replay_rng = np.random.default_rng(np.random.SeedSequence(self._seed_entropy(stream=1)))
+        self.replays: dict[PolicyID, SequenceReplayBuffer] = {}
+        for pid, policy in self.env_runner.policy_map.items():
+            self.replays[pid] = self._make_replay(policy)
+        self._updates_due = 0.0
+
+    # ------------------------------------------------------------------ setup helpers
+    def _seed_entropy(self, stream: int) -> Optional[list[int]]:
+        return None if self.config.seed is None else [int(self.config.seed), 1_000_003, stream]
+
+    def _check_env_spaces(self) -> None:
+        """Builds one env locally to check its spaces, so a bad env fails before Ray starts any worker."""
+        config = self.config
+        if config.is_multi_agent or self.env_creator is None:
+            return  # spaces are per policy; each MuZeroTorchPolicy checks its own at build time
+        action_space = config.action_space
+        if action_space is None:
+            env = self.env_creator(EnvContext(config.env_config, worker_index=0, num_workers=0))
+            try:
+                action_space = env.action_space
+            finally:
+                env.close()
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"MuZero needs a Discrete action space; env `{config.env}` has {action_space!r}. "
+                             "Wrap the env to discretise its actions first.")
+
+    def _make_replay(self, policy: Policy) -> SequenceReplayBuffer:
+        c = self.config
+        return SequenceReplayBuffer(
+            capacity=c.replay_capacity,
+            obs_shape=policy.observation_space.shape,
+            obs_dtype=policy.observation_space.dtype,
+            num_actions=int(policy.action_space.n),
+            alpha=c.prioritized_replay_alpha,
+            beta=c.prioritized_replay_beta,
+            beta_increment_per_sampling=c.beta_increment_per_sampling,
+            epsilon=c.prioritized_replay_eps,
+        )
+
+    # ------------------------------------------------------------------ the loop
+    def training_step(self) -> dict:
+        """One iteration of MuZero's loop (paper Appendix B: self-play feeds the replay, the learner samples it).
+
+        Phases: sample (env runners act by search) -> store (stitch fragments into the sequence replay) ->
+        replay + learn (as many updates as ``training_intensity`` asks for, once
+        ``num_steps_sampled_before_learning_starts`` env steps are stored) -> update priorities (from the current
+        network) -> sync weights and the learner-update count to the env runners.
+        """
+        # --- sample
+        with self._timers[SAMPLE_TIMER]:
+            batch = synchronous_parallel_sample(
+                worker_set=self.env_runner_group, concat=True, sample_timeout_s=self.config.sample_timeout_s
+            )
+        if not batch:
+            return {}
+        batch = batch.as_multi_agent()
+        env_steps = batch.env_steps()
+        self._counters[NUM_ENV_STEPS_SAMPLED] += env_steps
+        self._counters[NUM_AGENT_STEPS_SAMPLED] += batch.agent_steps()
+
+        # --- store
+        with self._timers["replay_add"]:
+            for pid, policy_batch in batch.policy_batches.items():
+                if pid in self.replays:
+                    add_sample_batch_to_replay(self.replays[pid], policy_batch)
+
+        # --- replay + learn + update priorities
+        results: dict[str, Any] = {}
+        num_updates = self._num_updates_due(env_steps)
+        trainable = self.env_runner.get_policies_to_train()
+        to_train = [pid for pid in self.replays if pid in trainable]
+        for _ in range(num_updates):
+            for pid in to_train:
+                results[pid] = self._learn_once(pid)
+        for pid in to_train:
+            replay = self.replays[pid]
+            entry = results.setdefault(pid, {"learner_stats": {}})
+            entry["replay"] = {"size": len(replay), "capacity": replay.capacity, "num_added": replay.num_added,
+                               "mean_priority": float(replay.mean_priority) if len(replay) else 0.0}
+            entry["num_updates_this_iter"] = num_updates
+
+        # --- sync weights (and learner-update counts, which drive the temperature schedule on the runners)
+        if num_updates:
+            with self._timers[SYNCH_WORKER_WEIGHTS_TIMER]:
+                self.env_runner_group.sync_weights(
+                    policies=to_train,
+                    global_vars={
+                        "timestep": self._counters[NUM_ENV_STEPS_SAMPLED],
+                        "num_grad_updates_per_policy": {
+                            pid: self.get_policy(pid).num_grad_updates for pid in to_train
+                        },
+                    },
+                )
+        return results
+
+    def _num_updates_due(self, new_env_steps: int) -> int:
+        """Learner updates owed for ``new_env_steps``: ``training_intensity`` replayed positions per env step."""
+        stored = min(len(r) for r in self.replays.values()) if self.replays else 0
+        if stored < max(self.config.num_steps_sampled_before_learning_starts, 1):
+            return 0
+        if self.config.training_intensity is None:
+            return 1
+        self._updates_due += new_env_steps * self.config.training_intensity / self.config.train_batch_size
+        num = int(self._updates_due)
+        self._updates_due -= num
+        return num
+
+    def _learn_once(self, pid: PolicyID) -> dict:
+        c = self.config
+        replay = self.replays[pid]
+        policy = self.get_policy(pid)
+        with self._timers[REPLAY_BUFFER_SAMPLE_TIMER]:
+            train_batch = replay.sample(
+                c.train_batch_size, num_unroll_steps=c.num_unroll_steps, td_steps=c.td_steps,
+                discount=c.gamma, rng=self.replay_rng,
+            )
+        with self._timers[LEARN_ON_BATCH_TIMER]:
+            out = policy.learn_on_replay_batch(train_batch)
+        if out["finite"]:
+            replay.update_priorities(
+                train_batch[columns.TRAIN_INDICES], train_batch[columns.TRAIN_GENERATIONS], out["priorities"]
+            )
+        self._counters[NUM_AGENT_STEPS_TRAINED] += c.train_batch_size
+        self._counters[NUM_ENV_STEPS_TRAINED] += c.train_batch_size
+        return {"learner_stats": out["learner_stats"]}
+
+    # ------------------------------------------------------------------ checkpoints
+    def __getstate__(self) -> dict:
+        state = super().__getstate__()
+        state["muzero"] = {
+            "replays": {pid: r.get_state() for pid, r in self.replays.items()},
+            "replay_rng_state": self.replay_rng.bit_generator.state,
+            "updates_due": self._updates_due,
+        }
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__(state)
+        extra = state.get("muzero")
+        if extra:
+            for pid, replay_state in extra["replays"].items():
+                if pid in self.replays:
+                    self.replays[pid].set_state(replay_state)
+            self.replay_rng.bit_generator.state = extra["replay_rng_state"]
+            self._updates_due = extra["updates_due"]
+
+
+def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch) -> None:
+    """Adds every episode fragment of an RLlib sample batch to the sequence replay (stitched by episode id).
+
+    Multi-agent batches hold several agents per episode: the fragment key combines episode id and agent index.
+    """
+    for fragment in batch.split_by_episode():
+        agent = int(fragment[SampleBatch.AGENT_INDEX][0]) if SampleBatch.AGENT_INDEX in fragment else 0
+        replay.add_fragment(
+            hash((int(fragment[SampleBatch.EPS_ID][0]), agent)),
+            obs=fragment[SampleBatch.OBS],
+            actions=fragment[SampleBatch.ACTIONS],
+            rewards=fragment[SampleBatch.REWARDS],
+            root_values=fragment[columns.SEARCH_ROOT_VALUE],
+            search_policies=fragment[columns.SEARCH_POLICY],
+            terminated=bool(fragment[SampleBatch.TERMINATEDS][-1]),
+            truncated=bool(fragment[SampleBatch.TRUNCATEDS][-1]),
+        )

@@ -1,0 +1,277 @@
+"""The MuZero loss, paper eq. (1), for one replay batch of K-step unrolls.
+
+For a sampled position ``t`` the network is unrolled ``K`` steps along the actions actually taken,
+
+    k = 0:       s^0, p^0, v^0      = initial_inference(o_t)
+    k = 1..K:    s^k, r^k, p^k, v^k = recurrent_inference(s^{k-1}, a_{t+k-1})
+
+and every step is matched with its targets (paper eq. (1)):
+
+    l_t = sum_{k=0..K} [ l^r(u_{t+k}, r^k) + l^v(z_{t+k}, v^k) + l^p(pi_{t+k}, p^k) ]  (+ c ||theta||^2)
+
+- ``l^v``, ``l^r``: cross-entropy between the predicted logits and the two-hot encoding of the target on the value /
+  reward support, after the transform ``h`` (paper Appendix F; :mod:`rllib_muzero.support`). With
+  ``use_target_transform=False`` the raw target is encoded.
+- ``l^p``: cross-entropy between the search's visit distribution ``pi`` and the predicted policy.
+- No reward is predicted at ``k = 0``, so ``l^r`` starts at ``k = 1`` (pseudocode: the initial reward is the constant 0,
+  whose loss has no gradient).
+- The L2 term ``c ||theta||^2`` is not part of this function: use the optimizer's ``weight_decay`` (with plain
+  ``torch.optim.SGD``/``Adam``, ``weight_decay=c`` adds ``c * theta`` to the gradient, exactly the gradient of the
+  pseudocode's ``c * tf.nn.l2_loss(theta) = c * ||theta||^2 / 2``; the paper uses ``c = 1e-4``).
+
+Gradient scalings of the pseudocode (paper Appendix G, "Training"), implemented with :func:`scale_gradient`, which
+leaves the forward value unchanged and multiplies the backward gradient:
+
+- ``loss += scale_gradient(l, gradient_scale)`` with ``gradient_scale = 1 / len(actions)`` for every recurrent step
+  ``k >= 1`` (1 for ``k = 0``): "This ensures the total gradient has similar magnitude irrespective of how many
+  steps we unroll for."
+- ``hidden_state = scale_gradient(hidden_state, 0.5)``: "we also scale the gradient at the start of the dynamics
+  function by 1/2. This ensures that the total gradient applied to the dynamics function stays constant."
+
+Importance-sampling weights ``w_i = (N P(i))^-beta / max_j w_j`` (paper Appendix G, prioritized replay) multiply each
+sample's loss ``l_t`` before the batch mean. The replay priorities are recomputed from the current network as
+``|v^0_t - z_t|`` in the raw (untransformed) value scale (paper Appendix G: ``P(i) ~ |nu_i - z_i|^alpha``; on a
+learner update the current network's value ``v^0`` stands in for the search value ``nu`` stored at acting time).
+
+Deliberate deviations (also listed in the README's implementation details):
+
+1. Per-component weights ``value_loss_weight``, ``reward_loss_weight``, ``policy_loss_weight`` (default 1.0, which is
+   eq. (1)): the paper scales the value loss by 0.25 with Reanalyse (Appendix H), and some tasks need other balances.
+2. The 0.5 hidden-state scaling is applied at the start of *every* dynamics step, including the first one (whose input
+   is the representation's output), as the paper's text says ("at the start of the dynamics function"). The published
+   pseudocode applies it after each ``recurrent_inference``, i.e. not to the representation's output; the two differ
+   only in the gradient reaching the representation through the first dynamics step.
+3. The loss is the *mean* over the batch (the pseudocode sums over the batch); this only rescales the learning rate.
+4. Targets that do not exist are masked instead of padded: ``TRAIN_VALUE_MASK``, ``TRAIN_REWARD_MASK`` and
+   ``TRAIN_POLICY_MASK`` multiply the per-step losses (see :mod:`rllib_muzero.targets` for where they are 0; past a
+   termination the value and reward targets are 0 and trained, the pseudocode's absorbing states). Masked targets may
+   hold anything, even NaN: they are zeroed before use.
+5. ``scalar_loss`` is always the categorical cross-entropy (the pseudocode's placeholder says MSE for board games).
+
+Everything here is torch only: no Ray, no RLlib policy types. ``model`` is anything with ``initial_inference(obs)`` and
+``recurrent_inference(hidden, action)`` returning :class:`~rllib_muzero.models.NetworkOutput`-like tuples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from rllib_muzero.columns import (
+    TRAIN_ACTIONS,
+    TRAIN_OBS,
+    TRAIN_POLICY_MASK,
+    TRAIN_REWARD_MASK,
+    TRAIN_TARGET_POLICY,
+    TRAIN_TARGET_REWARD,
+    TRAIN_TARGET_VALUE,
+    TRAIN_VALUE_MASK,
+    TRAIN_WEIGHTS,
+)
+from rllib_muzero.support import DiscreteSupport, h, h_inverse, scalar_to_support, support_to_scalar
+
+__all__ = ["HIDDEN_STATE_GRADIENT_SCALE", "LossOutput", "muzero_loss", "scale_gradient"]
+
+HIDDEN_STATE_GRADIENT_SCALE = 0.5  # pseudocode: hidden_state = scale_gradient(hidden_state, 0.5)
+
+_REQUIRED_KEYS = (
+    TRAIN_OBS,
+    TRAIN_ACTIONS,
+    TRAIN_TARGET_VALUE,
+    TRAIN_TARGET_REWARD,
+    TRAIN_TARGET_POLICY,
+    TRAIN_VALUE_MASK,
+    TRAIN_REWARD_MASK,
+    TRAIN_POLICY_MASK,
+    TRAIN_WEIGHTS,
+)
+
+
+def scale_gradient(x: Tensor, scale: float) -> Tensor:
+    """Identity in the forward pass, gradient multiplied by ``scale`` in the backward pass (pseudocode).
+
+    ``x * scale + x.detach() * (1 - scale)``, the pseudocode's
+    ``tensor * scale + tf.stop_gradient(tensor) * (1 - scale)``.
+    """
+    return x * scale + x.detach() * (1.0 - scale)
+
+
+@dataclass(frozen=True)
+class LossOutput:
+    """Result of :func:`muzero_loss`.
+
+    Attributes:
+        total: Scalar to backpropagate: IS-weighted batch mean of ``l_t`` with the loss weights and gradient scalings.
+        value_loss: Detached scalar, ``mean_b sum_k mask * l^v`` (no IS weights, no loss weight).
+        reward_loss: Detached scalar, ``mean_b sum_{k>=1} mask * l^r`` (no IS weights, no loss weight).
+        policy_loss: Detached scalar, ``mean_b sum_k mask * l^p`` (no IS weights, no loss weight).
+        priorities: ``(B,)`` detached, ``|v^0_t - z_t|`` in the raw value scale, for the replay's priority update
+            (computed whatever the value mask; a masked ``z_t`` counts as 0).
+        predicted_value: ``(B,)`` detached, ``v^0_t`` in the raw value scale.
+        target_value: ``(B,)`` detached, ``z_t`` (the batch's column 0; 0 where its value mask is 0).
+        policy_entropy: Detached scalar, mean entropy of the predicted policy ``p^0``.
+    """
+
+    total: Tensor
+    value_loss: Tensor
+    reward_loss: Tensor
+    policy_loss: Tensor
+    priorities: Tensor
+    predicted_value: Tensor
+    target_value: Tensor
+    policy_entropy: Tensor
+
+    def stats(self) -> dict[str, float]:
+        """Scalars for learner metrics."""
+        return {
+            "total_loss": float(self.total.detach()),
+            "value_loss": float(self.value_loss),
+            "reward_loss": float(self.reward_loss),
+            "policy_loss": float(self.policy_loss),
+            "mean_predicted_value": float(self.predicted_value.mean()),
+            "mean_target_value": float(self.target_value.mean()),
+            "mean_priority": float(self.priorities.mean()),
+            "policy_entropy": float(self.policy_entropy),
+        }
+
+
+def _cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
+    """``-sum_i target_i log softmax(logits)_i`` over the last dimension: ``(B, S), (B, S) -> (B,)``."""
+    return -(target_probs * torch.log_softmax(logits, dim=-1)).sum(-1)
+
+
+def _check_batch(batch: Mapping[str, Any]) -> tuple[int, int, int]:
+    missing = [key for key in _REQUIRED_KEYS if key not in batch]
+    if missing:
+        raise ValueError(f"muzero_loss: the batch lacks the key(s) {missing} (see rllib_muzero.columns)")
+    actions = batch[TRAIN_ACTIONS]
+    if actions.dim() != 2:
+        raise ValueError(f"muzero_loss: `{TRAIN_ACTIONS}` must be (B, K), got {tuple(actions.shape)}")
+    B, K = actions.shape
+    for key in (TRAIN_TARGET_VALUE, TRAIN_TARGET_REWARD, TRAIN_VALUE_MASK, TRAIN_REWARD_MASK, TRAIN_POLICY_MASK):
+        if tuple(batch[key].shape) != (B, K + 1):
+            raise ValueError(f"muzero_loss: `{key}` must be (B, K+1) = ({B}, {K + 1}), got {tuple(batch[key].shape)}")
+    policy = batch[TRAIN_TARGET_POLICY]
+    if policy.dim() != 3 or tuple(policy.shape[:2]) != (B, K + 1):
+        raise ValueError(f"muzero_loss: `{TRAIN_TARGET_POLICY}` must be (B, K+1, A), got {tuple(policy.shape)}")
+    if tuple(batch[TRAIN_WEIGHTS].shape) != (B,):
+        shape = tuple(batch[TRAIN_WEIGHTS].shape)
+        raise ValueError(f"muzero_loss: `{TRAIN_WEIGHTS}` must be (B,) = ({B},), got {shape}")
+    return B, K, policy.shape[2]
+
+
+def muzero_loss(
+    model: Any,
+    batch: Mapping[str, Tensor],
+    *,
+    value_support: DiscreteSupport,
+    reward_support: DiscreteSupport,
+    use_target_transform: bool = True,
+    value_loss_weight: float = 1.0,
+    reward_loss_weight: float = 1.0,
+    policy_loss_weight: float = 1.0,
+) -> LossOutput:
+    """MuZero's training loss (paper eq. (1)) on a batch of K-step unrolls; see the module docstring.
+
+    Args:
+        model: Has ``initial_inference(obs)`` and ``recurrent_inference(hidden, action)`` (a ``MuZeroModelV2``).
+        batch: Tensors under the ``TRAIN_*`` keys of :mod:`rllib_muzero.columns`: observations ``(B, *obs)``, actions
+            ``(B, K)``, value / reward targets and the three masks ``(B, K+1)``, policy targets ``(B, K+1, A)``,
+            importance-sampling weights ``(B,)``. Other keys are ignored.
+        value_support: Atoms of the value head.
+        reward_support: Atoms of the reward head.
+        use_target_transform: Encode ``h(target)`` (paper) instead of the raw target; predictions are mapped back with
+            ``h_inverse`` for the priorities and metrics.
+        value_loss_weight: Multiplies ``l^v`` (1.0 = eq. (1); the paper uses 0.25 with Reanalyse).
+        reward_loss_weight: Multiplies ``l^r``.
+        policy_loss_weight: Multiplies ``l^p``.
+
+    Returns:
+        A :class:`LossOutput`.
+    """
+    for arg, weight in (
+        ("value_loss_weight", value_loss_weight),
+        ("reward_loss_weight", reward_loss_weight),
+        ("policy_loss_weight", policy_loss_weight),
+    ):
+        if not weight >= 0.0:
+            raise ValueError(f"`{arg}` must be >= 0, got {weight!r}")
+    B, K, A = _check_batch(batch)
+
+    obs = batch[TRAIN_OBS]
+    actions = batch[TRAIN_ACTIONS].long()  # (B, K)
+    target_value = batch[TRAIN_TARGET_VALUE].float()  # (B, K+1)
+    target_reward = batch[TRAIN_TARGET_REWARD].float()  # (B, K+1), column 0 unused
+    target_policy = batch[TRAIN_TARGET_POLICY].float()  # (B, K+1, A)
+    value_mask = batch[TRAIN_VALUE_MASK].float()  # (B, K+1)
+    reward_mask = batch[TRAIN_REWARD_MASK].float()  # (B, K+1)
+    policy_mask = batch[TRAIN_POLICY_MASK].float()  # (B, K+1)
+    weights = batch[TRAIN_WEIGHTS].float()  # (B,)
+
+    # Masked targets are undefined (possibly NaN): zero them so they cannot leak into the loss or its gradient.
+    target_value = torch.where(value_mask > 0, target_value, 0.0)
+    target_reward = torch.where(reward_mask > 0, target_reward, 0.0)
+    target_policy = torch.where(policy_mask.unsqueeze(-1) > 0, target_policy, 0.0)
+
+    transform = h if use_target_transform else (lambda x: x)
+    value_target_probs = scalar_to_support(transform(target_value), value_support)  # (B, K+1, Sv)
+    reward_target_probs = scalar_to_support(transform(target_reward), reward_support)  # (B, K+1, Sr)
+
+    # k = 0: from the real observation.
+    out = model.initial_inference(obs)
+    if out.policy_logits.shape[-1] != A:
+        raise ValueError(f"muzero_loss: policy logits have {out.policy_logits.shape[-1]} actions, targets have {A}")
+    value_loss_k = _cross_entropy(out.value_logits, value_target_probs[:, 0]) * value_mask[:, 0]  # (B,)
+    policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, 0]) * policy_mask[:, 0]  # (B,)
+    loss = value_loss_weight * value_loss_k + policy_loss_weight * policy_loss_k  # (B,); gradient scale 1
+
+    value_loss = value_loss_k.detach()
+    policy_loss = policy_loss_k.detach()
+    reward_loss = torch.zeros_like(value_loss)
+
+    value_0 = out.value_logits.detach()
+    policy_logits_0 = out.policy_logits.detach()
+
+    # k = 1..K: from the previous hidden state and the action taken.
+    hidden = out.hidden
+    for k in range(1, K + 1):
+        hidden = scale_gradient(hidden, HIDDEN_STATE_GRADIENT_SCALE)
+        out = model.recurrent_inference(hidden, actions[:, k - 1])
+        hidden = out.hidden
+
+        value_loss_k = _cross_entropy(out.value_logits, value_target_probs[:, k]) * value_mask[:, k]
+        reward_loss_k = _cross_entropy(out.reward_logits, reward_target_probs[:, k]) * reward_mask[:, k]
+        policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, k]) * policy_mask[:, k]
+        l_k = value_loss_weight * value_loss_k + reward_loss_weight * reward_loss_k + policy_loss_weight * policy_loss_k
+        loss = loss + scale_gradient(l_k, 1.0 / K)  # pseudocode: gradient_scale = 1 / len(actions)
+
+        value_loss = value_loss + value_loss_k.detach()
+        reward_loss = reward_loss + reward_loss_k.detach()
+        policy_loss = policy_loss + policy_loss_k.detach()
+
+    total = (weights * loss).mean()
+
+    # Priorities and metrics from the current network, in the raw value scale.
+    with torch.no_grad():
+        predicted_value = support_to_scalar(value_0, value_support)  # (B,)
+        if use_target_transform:
+            predicted_value = h_inverse(predicted_value)
+        target_value_0 = target_value[:, 0]
+        priorities = (predicted_value - target_value_0).abs()
+        log_p = torch.log_softmax(policy_logits_0, dim=-1)
+        policy_entropy = -(log_p.exp() * log_p).sum(-1).mean()
+
+    return LossOutput(
+        total=total,
+        value_loss=value_loss.mean(),
+        reward_loss=reward_loss.mean(),
+        policy_loss=policy_loss.mean(),
+        priorities=priorities,
+        predicted_value=predicted_value,
+        target_value=target_value_0,
+        policy_entropy=policy_entropy,
+    )

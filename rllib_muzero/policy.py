@@ -1,0 +1,266 @@
+"""``MuZeroTorchPolicy``: acting by batched MCTS and learning by the MuZero loss, on RLlib's old API stack.
+
+RLlib glue only: the search is :func:`rllib_muzero.mcts.muzero_search`, the loss :func:`rllib_muzero.losses.muzero_loss`,
+the networks implement :class:`rllib_muzero.models.MuZeroModelV2`. This class turns network outputs into the search's
+plain arrays, picks actions from visit counts, and applies optimizer steps.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import gymnasium as gym
+import numpy as np
+import torch
+from ray.rllib.models import ModelCatalog
+from ray.rllib.policy.sample_batch import SampleBatch
+from ray.rllib.policy.torch_policy_v2 import TorchPolicyV2
+from ray.rllib.policy.view_requirement import ViewRequirement
+from ray.rllib.utils.typing import AlgorithmConfigDict, TensorType
+
+from rllib_muzero import columns
+from rllib_muzero.losses import LossOutput, muzero_loss
+from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
+from rllib_muzero.models import MuZeroModelV2, check_muzero_model
+from rllib_muzero.support import DiscreteSupport, h_inverse, support_to_scalar
+
+_OPTIMIZERS = {
+    "sgd": lambda params, c: torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
+                                             weight_decay=c["weight_decay"]),
+    "rmsprop": lambda params, c: torch.optim.RMSprop(params, lr=c["lr"], momentum=c["momentum"],
+                                                     weight_decay=c["weight_decay"]),
+    "adam": lambda params, c: torch.optim.Adam(params, lr=c["lr"], weight_decay=c["weight_decay"]),
+    "adamw": lambda params, c: torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"]),
+}
+
+
+def select_actions(visit_counts: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Samples a_t ~ N(s, a)^(1/T) / sum_b N(s, b)^(1/T) (paper Appendix D); T == 0 is argmax (lowest index on ties).
+
+    Args:
+        visit_counts: [B, A] root visit counts.
+        temperature: T >= 0.
+        rng: consumed only when T > 0.
+    Returns:
+        [B] int64 actions.
+    """
+    if temperature == 0.0:
+        return np.argmax(visit_counts, axis=1).astype(np.int64)
+    counts = visit_counts.astype(np.float64)
+    # N^(1/T) computed in log space so small T does not overflow; unvisited actions keep probability 0.
+    with np.errstate(divide="ignore"):
+        logits = np.log(counts) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    cumulative = probs.cumsum(axis=1)
+    draws = rng.random(len(counts))[:, None] * cumulative[:, -1:]
+    return np.minimum((cumulative <= draws).sum(axis=1), counts.shape[1] - 1).astype(np.int64)
+
+
+class MuZeroTorchPolicy(TorchPolicyV2):
+    """Old-stack RLlib policy whose action computation runs MuZero's search over the whole observation batch.
+
+    Extra outputs written into the sample batch (declared as view requirements, so the sampler keeps them):
+    ``columns.SEARCH_ROOT_VALUE`` (nu_t), ``columns.SEARCH_POLICY`` (pi_t, normalised visit counts),
+    ``columns.SEARCH_Q_MAX`` and ``columns.SEARCH_MAX_DEPTH``.
+    """
+
+    def __init__(self, observation_space: gym.Space, action_space: gym.Space, config: AlgorithmConfigDict):
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise ValueError(f"MuZero needs a Discrete action space, got {action_space!r}.")
+        self.value_support = DiscreteSupport(*config["value_support"])
+        self.reward_support = DiscreteSupport(*config["reward_support"])
+        super().__init__(observation_space, action_space, config, max_seq_len=1)
+        check_muzero_model(self.model, observation_space, action_space)
+        num_actions = int(action_space.n)
+        self.view_requirements[columns.SEARCH_ROOT_VALUE] = ViewRequirement(
+            space=gym.spaces.Box(-np.inf, np.inf, (), np.float32), used_for_compute_actions=False)
+        self.view_requirements[columns.SEARCH_POLICY] = ViewRequirement(
+            space=gym.spaces.Box(0.0, 1.0, (num_actions,), np.float32), used_for_compute_actions=False)
+        self.view_requirements[columns.SEARCH_Q_MAX] = ViewRequirement(
+            space=gym.spaces.Box(-np.inf, np.inf, (), np.float32), used_for_compute_actions=False)
+        self.view_requirements[columns.SEARCH_MAX_DEPTH] = ViewRequirement(
+            space=gym.spaces.Box(0, np.iinfo(np.int32).max, (), np.int32), used_for_compute_actions=False)
+        # One generator per policy instance, derived from the config seed and this runner's index, so runners
+        # never share noise streams; without a seed, fresh OS entropy.
+        seed = config.get("seed")
+        entropy = [int(seed), int(config.get("worker_index", 0))] if seed is not None else None
+        self.rng = np.random.default_rng(np.random.SeedSequence(entropy))
+        self._workspace = SearchWorkspace()
+        self.num_nonfinite_updates = 0
+        self.last_search: Optional[SearchOutput] = None
+
+    # ------------------------------------------------------------------ building
+    def make_model(self) -> MuZeroModelV2:
+        return ModelCatalog.get_model_v2(
+            obs_space=self.observation_space,
+            action_space=self.action_space,
+            num_outputs=int(self.action_space.n),
+            model_config=self.config["model"],
+            framework="torch",
+            name="muzero_model",
+            value_support_size=self.value_support.size,
+            reward_support_size=self.reward_support.size,
+        )
+
+    def optimizer(self) -> torch.optim.Optimizer:
+        name = str(self.config["optimizer_type"]).lower()
+        return _OPTIMIZERS[name](self.model.parameters(), self.config)
+
+    # ------------------------------------------------------------------ acting
+    def current_temperature(self) -> float:
+        """Visit-softmax temperature for the current number of learner updates (paper Appendix D schedule)."""
+        temperatures = self.config["visit_softmax_temperatures"]
+        steps = self.config["visit_softmax_steps"]
+        index = int(np.searchsorted(np.asarray(steps), self.num_grad_updates, side="right"))
+        return float(temperatures[index])
+
+    def _to_scalar(self, logits: torch.Tensor, support: DiscreteSupport) -> np.ndarray:
+        value = support_to_scalar(logits, support)
+        if self.config["use_target_transform"]:
+            value = h_inverse(value)
+        return value.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def search(self, obs: np.ndarray, *, explore: bool, num_simulations: Optional[int] = None) -> SearchOutput:
+        """Runs one batched search from the observations ``obs`` [B, *obs_shape] (paper Appendix B)."""
+        self.model.eval()
+        obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
+        root_out = self.model.initial_inference(obs_t)
+        root = RootOutput(
+            prior_logits=root_out.policy_logits.float().cpu().numpy(),
+            value=self._to_scalar(root_out.value_logits, self.value_support),
+            embedding=root_out.hidden,
+        )
+
+        def recurrent_fn(embedding: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
+            out = self.model.recurrent_inference(embedding, torch.as_tensor(actions, device=self.device))
+            return RecurrentOutput(
+                reward=self._to_scalar(out.reward_logits, self.reward_support),
+                prior_logits=out.policy_logits.float().cpu().numpy(),
+                value=self._to_scalar(out.value_logits, self.value_support),
+                embedding=out.hidden,
+            )
+
+        c = self.config
+        return muzero_search(
+            root,
+            recurrent_fn,
+            num_simulations=int(num_simulations or c["num_simulations"]),
+            discount=float(c["gamma"]),
+            pb_c_init=float(c["pb_c_init"]),
+            pb_c_base=float(c["pb_c_base"]),
+            add_exploration_noise=explore,
+            root_dirichlet_alpha=float(c["root_dirichlet_alpha"]),
+            root_exploration_fraction=float(c["root_exploration_fraction"]),
+            rng=self.rng,
+            unvisited_value=c["unvisited_value"],
+            root_counts_as_visit=bool(c["root_counts_as_visit"]),
+            workspace=self._workspace,
+        )
+
+    def compute_actions_from_input_dict(
+        self,
+        input_dict: dict[str, TensorType],
+        explore: Optional[bool] = None,
+        timestep: Optional[int] = None,
+        **kwargs: Any,
+    ) -> tuple[np.ndarray, list, dict[str, np.ndarray]]:
+        """Searches all observations of the batch at once; acts from visit counts (greedy when not exploring)."""
+        explore = self.config["explore"] if explore is None else explore
+        obs = input_dict[SampleBatch.OBS]
+        if isinstance(obs, torch.Tensor):
+            obs = obs.cpu().numpy()
+        result = self.search(obs, explore=explore)
+        self.last_search = result
+        temperature = self.current_temperature() if explore else 0.0
+        actions = select_actions(result.visit_counts, temperature, self.rng)
+        counts = result.visit_counts.astype(np.float32)
+        policy = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+        visited = result.visit_counts > 0
+        q_max = np.where(visited, result.q_values, -np.inf).max(axis=1).astype(np.float32)
+        self.global_timestep += len(actions)
+        extras = {
+            columns.SEARCH_ROOT_VALUE: result.root_value.astype(np.float32),
+            columns.SEARCH_POLICY: policy,
+            columns.SEARCH_Q_MAX: q_max,
+            columns.SEARCH_MAX_DEPTH: result.max_depth.astype(np.int32),
+        }
+        return actions, [], extras
+
+    # ------------------------------------------------------------------ learning
+    def loss(self, model: MuZeroModelV2, dist_class: Any, train_batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The MuZero loss (paper eq. 1) of a replay batch (keys in :mod:`rllib_muzero.columns`)."""
+        out = muzero_loss(
+            model,
+            train_batch,
+            value_support=self.value_support,
+            reward_support=self.reward_support,
+            use_target_transform=bool(self.config["use_target_transform"]),
+            value_loss_weight=float(self.config["value_loss_weight"]),
+            reward_loss_weight=float(self.config["reward_loss_weight"]),
+            policy_loss_weight=float(self.config["policy_loss_weight"]),
+        )
+        model.tower_stats["muzero_loss_output"] = out
+        return out.total
+
+    def learn_on_replay_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One learner update on a replay batch: loss, backward, clip, step.
+
+        A non-finite loss or gradient norm skips the optimizer step (weights stay as they were) and is counted in
+        ``num_nonfinite_updates``.
+
+        Returns:
+            ``{"learner_stats": {...}, "priorities": [B] |v_t^0 - z_t| from the current network}``.
+        """
+        self.model.train()
+        skip = (columns.TRAIN_INDICES, columns.TRAIN_GENERATIONS)
+        tensors = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k not in skip}
+        optimizer = self._optimizers[0]
+        optimizer.zero_grad(set_to_none=True)
+        total = self.loss(self.model, None, tensors)
+        out: LossOutput = self.model.tower_stats["muzero_loss_output"]
+        total.backward()
+        clip = self.config["grad_clip"]
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
+        finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))
+        if finite:
+            optimizer.step()
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self.num_nonfinite_updates += 1
+        self.num_grad_updates += 1
+        stats = {
+            "total_loss": float(total.detach()),
+            "value_loss": float(out.value_loss),
+            "reward_loss": float(out.reward_loss),
+            "policy_loss": float(out.policy_loss),
+            "grad_gnorm": float(grad_norm),
+            "cur_lr": float(optimizer.param_groups[0]["lr"]),
+            "num_nonfinite_updates": self.num_nonfinite_updates,
+            "num_grad_updates": self.num_grad_updates,
+            "weights_min": float(tensors[columns.TRAIN_WEIGHTS].min()),
+            "weights_max": float(tensors[columns.TRAIN_WEIGHTS].max()),
+        }
+        stats.update(out.stats())
+        return {"learner_stats": stats, "priorities": out.priorities.detach().cpu().numpy(), "finite": finite}
+
+    # ------------------------------------------------------------------ state
+    def get_state(self) -> dict:
+        state = super().get_state()
+        state["muzero"] = {
+            "num_grad_updates": self.num_grad_updates,
+            "num_nonfinite_updates": self.num_nonfinite_updates,
+            "rng_state": self.rng.bit_generator.state,
+        }
+        return state
+
+    def set_state(self, state: dict) -> None:
+        super().set_state(state)
+        extra = state.get("muzero")
+        if extra:
+            self.num_grad_updates = extra["num_grad_updates"]
+            self.num_nonfinite_updates = extra["num_nonfinite_updates"]
+            self.rng.bit_generator.state = extra["rng_state"]

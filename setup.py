@@ -1,0 +1,27 @@
+"""Packaging for rllib-muzero: MuZero as an RLlib algorithm (old API stack), in PyTorch."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rllib-muzero",
+    version="0.1.0",
+    description="MuZero (Schrittwieser et al. 2020) as a first-class Ray RLlib algorithm, in PyTorch",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["rllib_muzero", "rllib_muzero.*"]),
+    package_data={"rllib_muzero": ["py.typed"]},
+    install_requires=[
+        # torch is deliberately unpinned here: install the build you want first (README: CPU wheel for CI).
+        "torch>=2.1",
+        "ray[rllib,tune]==2.60.0",
+        "gymnasium>=1.0,<1.3",
+        "numpy>=1.24",
+        "numba>=0.60",
+        "pyyaml>=6",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "ruff"],
+    },
+    entry_points={"console_scripts": ["rllib-muzero=rllib_muzero.cli:main"]},
+)

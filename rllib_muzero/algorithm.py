@@ -10,7 +10,8 @@ where RLlib already has a field for a concept (``gamma``, ``lr``, ``grad_clip``,
 from __future__ import annotations
 
 import difflib
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -62,7 +63,7 @@ class MuZeroConfig(AlgorithmConfig):
     ``enable_env_runner_and_connector_v2=False``); users never call ``api_stack``.
     """
 
-    def __init__(self, algo_class: Optional[type] = None):
+    def __init__(self, algo_class: type | None = None):
         super().__init__(algo_class=algo_class or MuZero)
         # Old API stack (Policy / TorchModelV2 / RolloutWorker), set as attributes: `api_stack()` would warn.
         self.enable_rl_module_and_learner = False
@@ -78,7 +79,7 @@ class MuZeroConfig(AlgorithmConfig):
         self.rollout_fragment_length = 50
         self.batch_mode = "truncate_episodes"
         self.num_steps_sampled_before_learning_starts = 1000
-        self.training_intensity: Optional[float] = None
+        self.training_intensity: float | None = None
         self.model = dict(self.model, custom_model=DEFAULT_MODEL_NAME, custom_model_config={})
 
         # --- Search (paper Appendix B, pseudocode run_mcts / ucb_score) ---
@@ -116,35 +117,35 @@ class MuZeroConfig(AlgorithmConfig):
     def training(
         self,
         *,
-        num_simulations: Optional[int] = NotProvided,
-        num_unroll_steps: Optional[int] = NotProvided,
-        td_steps: Optional[int] = NotProvided,
-        pb_c_base: Optional[float] = NotProvided,
-        pb_c_init: Optional[float] = NotProvided,
-        root_dirichlet_alpha: Optional[float] = NotProvided,
-        root_exploration_fraction: Optional[float] = NotProvided,
-        unvisited_value: Optional[str] = NotProvided,
-        root_counts_as_visit: Optional[bool] = NotProvided,
-        visit_softmax_temperatures: Optional[Sequence[float]] = NotProvided,
-        visit_softmax_steps: Optional[Sequence[int]] = NotProvided,
-        value_support: Optional[Sequence[int]] = NotProvided,
-        reward_support: Optional[Sequence[int]] = NotProvided,
-        use_target_transform: Optional[bool] = NotProvided,
-        value_loss_weight: Optional[float] = NotProvided,
-        reward_loss_weight: Optional[float] = NotProvided,
-        policy_loss_weight: Optional[float] = NotProvided,
-        optimizer_type: Optional[str] = NotProvided,
-        momentum: Optional[float] = NotProvided,
-        weight_decay: Optional[float] = NotProvided,
-        replay_capacity: Optional[int] = NotProvided,
-        prioritized_replay_alpha: Optional[float] = NotProvided,
-        prioritized_replay_beta: Optional[float] = NotProvided,
-        beta_increment_per_sampling: Optional[float] = NotProvided,
-        prioritized_replay_eps: Optional[float] = NotProvided,
-        num_steps_sampled_before_learning_starts: Optional[int] = NotProvided,
-        training_intensity: Optional[float] = NotProvided,
+        num_simulations: int | None = NotProvided,
+        num_unroll_steps: int | None = NotProvided,
+        td_steps: int | None = NotProvided,
+        pb_c_base: float | None = NotProvided,
+        pb_c_init: float | None = NotProvided,
+        root_dirichlet_alpha: float | None = NotProvided,
+        root_exploration_fraction: float | None = NotProvided,
+        unvisited_value: str | None = NotProvided,
+        root_counts_as_visit: bool | None = NotProvided,
+        visit_softmax_temperatures: Sequence[float] | None = NotProvided,
+        visit_softmax_steps: Sequence[int] | None = NotProvided,
+        value_support: Sequence[int] | None = NotProvided,
+        reward_support: Sequence[int] | None = NotProvided,
+        use_target_transform: bool | None = NotProvided,
+        value_loss_weight: float | None = NotProvided,
+        reward_loss_weight: float | None = NotProvided,
+        policy_loss_weight: float | None = NotProvided,
+        optimizer_type: str | None = NotProvided,
+        momentum: float | None = NotProvided,
+        weight_decay: float | None = NotProvided,
+        replay_capacity: int | None = NotProvided,
+        prioritized_replay_alpha: float | None = NotProvided,
+        prioritized_replay_beta: float | None = NotProvided,
+        beta_increment_per_sampling: float | None = NotProvided,
+        prioritized_replay_eps: float | None = NotProvided,
+        num_steps_sampled_before_learning_starts: int | None = NotProvided,
+        training_intensity: float | None = NotProvided,
         **kwargs: Any,
-    ) -> "MuZeroConfig":
+    ) -> MuZeroConfig:
         """Sets MuZero's training and search hyperparameters (plus RLlib's own, e.g. ``lr``, ``gamma``).
 
         Args:
@@ -293,7 +294,7 @@ class MuZeroConfig(AlgorithmConfig):
         return list(zip(starts, self.visit_softmax_temperatures))
 
 
-_KNOWN_KEYS: Optional[frozenset] = None
+_KNOWN_KEYS: frozenset | None = None
 
 
 def _known_keys() -> frozenset:
@@ -356,7 +357,7 @@ class MuZero(Algorithm):
         self._updates_due = 0.0
 
     # ------------------------------------------------------------------ setup helpers
-    def _seed_entropy(self, stream: int) -> Optional[list[int]]:
+    def _seed_entropy(self, stream: int) -> list[int] | None:
         return None if self.config.seed is None else [int(self.config.seed), 1_000_003, stream]
 
     def _check_env_spaces(self) -> None:

@@ -20,7 +20,8 @@ import copy
 import json
 import os
 import sys
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import yaml
 
@@ -63,7 +64,7 @@ def _first_variant(value: Any) -> Any:
     return value
 
 
-def build_param_space(name: str, spec: dict, overrides: Optional[dict]) -> dict:
+def build_param_space(name: str, spec: dict, overrides: dict | None) -> dict:
     """Merges env and ``--config`` overrides into the experiment's config and validates it with MuZeroConfig."""
     from rllib_muzero.algorithm import MuZeroConfig
 
@@ -82,7 +83,7 @@ def build_param_space(name: str, spec: dict, overrides: Optional[dict]) -> dict:
     return config
 
 
-def _parse_json(text: Optional[str], option: str) -> Optional[dict]:
+def _parse_json(text: str | None, option: str) -> dict | None:
     if text is None:
         return None
     try:
@@ -168,7 +169,7 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return args.func(args)

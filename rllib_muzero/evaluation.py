@@ -5,7 +5,7 @@ Games run in lockstep so each move is one batched search over all unfinished gam
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import gymnasium as gym
 import numpy as np
@@ -21,7 +21,7 @@ def play_games(
     seed: int,
     explore: bool = False,
     temperature: float = 0.0,
-    max_steps: Optional[int] = None,
+    max_steps: int | None = None,
 ) -> np.ndarray:
     """Plays ``num_games`` games to their end and returns their undiscounted returns, shape [num_games].
 

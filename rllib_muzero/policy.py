@@ -1,14 +1,15 @@
 """``MuZeroTorchPolicy``: acting by batched MCTS and learning by the MuZero loss, on RLlib's old API stack.
 
-RLlib glue only: the search is :func:`rllib_muzero.mcts.muzero_search`, the loss :func:`rllib_muzero.losses.muzero_loss`,
-the networks implement :class:`rllib_muzero.models.MuZeroModelV2`. This class turns network outputs into the search's
-plain arrays, picks actions from visit counts, and applies optimizer steps.
+RLlib glue only: the search is :func:`rllib_muzero.mcts.muzero_search`, the loss
+:func:`rllib_muzero.losses.muzero_loss`, the networks implement :class:`rllib_muzero.models.MuZeroModelV2`.
+This class turns network outputs into the search's plain arrays, picks actions from visit counts, and applies
+optimizer steps.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -90,7 +91,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self.rng = np.random.default_rng(np.random.SeedSequence(entropy))
         self._workspace = SearchWorkspace()
         self.num_nonfinite_updates = 0
-        self.last_search: Optional[SearchOutput] = None
+        self.last_search: SearchOutput | None = None
 
     # ------------------------------------------------------------------ building
     def make_model(self) -> MuZeroModelV2:
@@ -124,7 +125,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         return value.float().cpu().numpy()
 
     @torch.inference_mode()
-    def search(self, obs: np.ndarray, *, explore: bool, num_simulations: Optional[int] = None) -> SearchOutput:
+    def search(self, obs: np.ndarray, *, explore: bool, num_simulations: int | None = None) -> SearchOutput:
         """Runs one batched search from the observations ``obs`` [B, *obs_shape] (paper Appendix B)."""
         self.model.eval()
         obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
@@ -164,8 +165,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
     def compute_actions_from_input_dict(
         self,
         input_dict: dict[str, TensorType],
-        explore: Optional[bool] = None,
-        timestep: Optional[int] = None,
+        explore: bool | None = None,
+        timestep: int | None = None,
         **kwargs: Any,
     ) -> tuple[np.ndarray, list, dict[str, np.ndarray]]:
         """Searches all observations of the batch at once; acts from visit counts (greedy when not exploring)."""

@@ -11,6 +11,7 @@ reported separately.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -28,7 +29,8 @@ EXAMPLE = os.path.join(os.path.dirname(__file__), "..", "tuned_examples", "cartp
 
 def run_seed(seed: int, args: argparse.Namespace) -> dict:
     (name, spec), = load_experiments(args.example).items()
-    config_dict = build_param_space(name, spec, {"seed": seed})
+    overrides = json.loads(args.config) if args.config else {}
+    config_dict = build_param_space(name, spec, {**overrides, "seed": seed})
     config = MuZeroConfig().update_from_dict(config_dict)
     algo = config.build_algo()
     train_time = eval_time = 0.0
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=1000)
     parser.add_argument("--max-env-steps", type=int, default=30_000)
     parser.add_argument("--max-minutes", type=float, default=10.0)
+    parser.add_argument("--config", help="JSON overrides of the example's config (for tuning)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")

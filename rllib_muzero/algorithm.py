@@ -10,6 +10,11 @@ where RLlib already has a field for a concept (``gamma``, ``lr``, ``grad_clip``,
 from __future__ import annotations
 
 import difflib
+import os
+import pathlib
+import shutil
+import tempfile
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,6 +45,7 @@ from rllib_muzero.policy import MuZeroTorchPolicy
 from rllib_muzero.replay import SequenceReplayBuffer
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+CHECKPOINT_FORMAT_VERSION = 1  # of the "muzero" entry in algorithm_state.pkl; bump and migrate on layout changes
 
 
 class MuZeroConfig(AlgorithmConfig):
@@ -112,6 +118,10 @@ class MuZeroConfig(AlgorithmConfig):
         self.prioritized_replay_beta = 1.0
         self.beta_increment_per_sampling = 0.001
         self.prioritized_replay_eps = 0.01
+        self.store_buffer_in_checkpoints = True  # RLlib's field; MuZero keeps the replay in checkpoints by default
+
+        # --- Safety ---
+        self.max_nonfinite_updates_in_a_row = 10
 
     # ------------------------------------------------------------------ builder
     def training(
@@ -144,6 +154,8 @@ class MuZeroConfig(AlgorithmConfig):
         prioritized_replay_eps: float | None = NotProvided,
         num_steps_sampled_before_learning_starts: int | None = NotProvided,
         training_intensity: float | None = NotProvided,
+        store_buffer_in_checkpoints: bool | None = NotProvided,
+        max_nonfinite_updates_in_a_row: int | None = NotProvided,
         **kwargs: Any,
     ) -> MuZeroConfig:
         """Sets MuZero's training and search hyperparameters (plus RLlib's own, e.g. ``lr``, ``gamma``).
@@ -180,6 +192,10 @@ class MuZeroConfig(AlgorithmConfig):
             num_steps_sampled_before_learning_starts: Env steps stored before the first learner update.
             training_intensity: Replayed positions per new env step (replay ratio). None: one update per
                 ``training_step``.
+            store_buffer_in_checkpoints: Keep the replay buffer (contents and priorities) in checkpoints so a
+                resumed run continues exactly; False makes checkpoints small.
+            max_nonfinite_updates_in_a_row: Learner updates with a NaN/inf loss or gradient are skipped (weights
+                untouched); this many in a row stop training with an error.
         """
         super().training(**kwargs)
         for name, value in dict(
@@ -210,6 +226,8 @@ class MuZeroConfig(AlgorithmConfig):
             prioritized_replay_eps=prioritized_replay_eps,
             num_steps_sampled_before_learning_starts=num_steps_sampled_before_learning_starts,
             training_intensity=training_intensity,
+            store_buffer_in_checkpoints=store_buffer_in_checkpoints,
+            max_nonfinite_updates_in_a_row=max_nonfinite_updates_in_a_row,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -228,6 +246,7 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "train_batch_size", minimum=1)
         _check_int(self, "replay_capacity", minimum=1)
         _check_int(self, "num_steps_sampled_before_learning_starts", minimum=0)
+        _check_int(self, "max_nonfinite_updates_in_a_row", minimum=1)
         if self.replay_capacity < self.train_batch_size:
             _fail("replay_capacity", self.replay_capacity,
                   f"an integer >= `train_batch_size` ({self.train_batch_size}): the buffer must hold one batch")
@@ -355,6 +374,7 @@ class MuZero(Algorithm):
         for pid, policy in self.env_runner.policy_map.items():
             self.replays[pid] = self._make_replay(policy)
         self._updates_due = 0.0
+        self._nonfinite_in_a_row = 0
 
     # ------------------------------------------------------------------ setup helpers
     def _seed_entropy(self, stream: int) -> list[int] | None:
@@ -469,9 +489,19 @@ class MuZero(Algorithm):
         with self._timers[LEARN_ON_BATCH_TIMER]:
             out = policy.learn_on_replay_batch(train_batch)
         if out["finite"]:
+            self._nonfinite_in_a_row = 0
             replay.update_priorities(
                 train_batch[columns.TRAIN_INDICES], train_batch[columns.TRAIN_GENERATIONS], out["priorities"]
             )
+        else:
+            self._nonfinite_in_a_row += 1
+            if self._nonfinite_in_a_row >= c.max_nonfinite_updates_in_a_row:
+                raise FloatingPointError(
+                    f"{self._nonfinite_in_a_row} learner updates in a row of policy `{pid}` had a non-finite loss or "
+                    "gradient; their optimizer steps were skipped, and training stops here instead of diverging. "
+                    "Lower `lr`, set `grad_clip`, or check the env's observations and rewards for NaN/inf "
+                    "(limit: `max_nonfinite_updates_in_a_row`)."
+                )
         self._counters[NUM_AGENT_STEPS_TRAINED] += c.train_batch_size
         self._counters[NUM_ENV_STEPS_TRAINED] += c.train_batch_size
         return {"learner_stats": out["learner_stats"]}
@@ -480,21 +510,55 @@ class MuZero(Algorithm):
     def __getstate__(self) -> dict:
         state = super().__getstate__()
         state["muzero"] = {
-            "replays": {pid: r.get_state() for pid, r in self.replays.items()},
+            "format_version": CHECKPOINT_FORMAT_VERSION,
+            "replays": {pid: r.get_state() for pid, r in self.replays.items()}
+            if self.config.store_buffer_in_checkpoints else {},
             "replay_rng_state": self.replay_rng.bit_generator.state,
             "updates_due": self._updates_due,
+            "nonfinite_in_a_row": self._nonfinite_in_a_row,
         }
         return state
 
     def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
         extra = state.get("muzero")
-        if extra:
-            for pid, replay_state in extra["replays"].items():
-                if pid in self.replays:
-                    self.replays[pid].set_state(replay_state)
-            self.replay_rng.bit_generator.state = extra["replay_rng_state"]
-            self._updates_due = extra["updates_due"]
+        if extra is None:
+            raise ValueError("This checkpoint holds no MuZero state (no `muzero` entry): it was not written by "
+                             "rllib-muzero's MuZero algorithm.")
+        version = extra.get("format_version", 0)
+        if version > CHECKPOINT_FORMAT_VERSION:
+            raise ValueError(f"This checkpoint has MuZero format version {version}; this rllib-muzero reads versions "
+                             f"<= {CHECKPOINT_FORMAT_VERSION}. Upgrade rllib-muzero to load it.")
+        super().__setstate__(state)
+        for pid, replay_state in extra["replays"].items():
+            if pid in self.replays:
+                self.replays[pid].set_state(replay_state)
+        self.replay_rng.bit_generator.state = extra["replay_rng_state"]
+        self._updates_due = extra["updates_due"]
+        self._nonfinite_in_a_row = extra.get("nonfinite_in_a_row", 0)
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """Writes the checkpoint atomically: into a hidden sibling directory first, then renamed into place.
+
+        A crash while saving leaves either the complete new checkpoint or, when saving over an existing checkpoint
+        directory, the previous one (moved aside only for the two renames that swap them).
+        """
+        final = pathlib.Path(checkpoint_dir)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+        try:
+            super().save_checkpoint(str(partial))
+            previous = None
+            if final.exists() and any(final.iterdir()):
+                previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex[:8]}")
+                os.rename(final, previous)
+            elif final.exists():
+                final.rmdir()
+            os.rename(partial, final)
+        except BaseException:
+            shutil.rmtree(partial, ignore_errors=True)
+            raise
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
 
 
 def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch) -> None:

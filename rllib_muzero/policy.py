@@ -210,8 +210,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
     def learn_on_replay_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """One learner update on a replay batch: loss, backward, clip, step.
 
-        A non-finite loss or gradient norm skips the optimizer step (weights stay as they were) and is counted in
-        ``num_nonfinite_updates``.
+        A non-finite loss, gradient norm or new priority skips the optimizer step (weights stay as they were) and is
+        counted in ``num_nonfinite_updates``.
 
         Returns:
             ``{"learner_stats": {...}, "priorities": [B] |v_t^0 - z_t| from the current network}``.
@@ -226,7 +226,11 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         total.backward()
         clip = self.config["grad_clip"]
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
-        finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))
+        priorities = out.priorities.detach()
+        # A NaN/inf anywhere (loss, gradient, or the new priorities, e.g. from an inf target that the support clamps)
+        # skips the step: nothing non-finite reaches the weights or the replay's sum tree.
+        finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm)) and bool(
+            torch.isfinite(priorities).all())
         if finite:
             optimizer.step()
         else:
@@ -246,7 +250,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             "weights_max": float(tensors[columns.TRAIN_WEIGHTS].max()),
         }
         stats.update(out.stats())
-        return {"learner_stats": stats, "priorities": out.priorities.detach().cpu().numpy(), "finite": finite}
+        return {"learner_stats": stats, "priorities": priorities.cpu().numpy(), "finite": finite}
 
     # ------------------------------------------------------------------ state
     def get_state(self) -> dict:
@@ -255,6 +259,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             "num_grad_updates": self.num_grad_updates,
             "num_nonfinite_updates": self.num_nonfinite_updates,
             "rng_state": self.rng.bit_generator.state,
+            "worker_index": int(self.config.get("worker_index", 0)),
         }
         return state
 
@@ -264,4 +269,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         if extra:
             self.num_grad_updates = extra["num_grad_updates"]
             self.num_nonfinite_updates = extra["num_nonfinite_updates"]
-            self.rng.bit_generator.state = extra["rng_state"]
+            # RLlib broadcasts the driver's policy state to every runner: only the runner that wrote this generator
+            # state takes it, so runners never end up sharing one noise stream.
+            if extra.get("worker_index") == int(self.config.get("worker_index", 0)):
+                self.rng.bit_generator.state = extra["rng_state"]

@@ -1,0 +1,290 @@
+"""Learner speed: MuZero updates per second on CPU, and where each update's time goes.
+
+A :class:`~rllib_muzero.replay.SequenceReplayBuffer` (capacity ``--capacity``, default 100k) is filled with synthetic
+CartPole-like episodes (4 float32 observations, 2 actions, reward 1 per step, lengths 10..500, mostly terminated,
+truncated at 500) that arrive as interleaved 50-step fragments of 16 envs, as RLlib's ``truncate_episodes`` sampler
+delivers them. A :class:`~rllib_muzero.policy.MuZeroTorchPolicy` with the default CartPole network (``muzero_fc``
+defaults, value and reward supports -300..300, AdamW) then runs updates of batch ``--batch-size`` (256) with
+``--unroll`` (K = 5) unroll steps and ``--td-steps`` (n = 10), exactly as ``MuZero._learn_once`` does them::
+
+    batch = replay.sample(B, num_unroll_steps=K, td_steps=n, discount=gamma, rng=rng)
+    out = policy.learn_on_replay_batch(batch)
+    replay.update_priorities(batch[TRAIN_INDICES], batch[TRAIN_GENERATIONS], out["priorities"])
+
+The headline (updates/s) times that real path. The breakdown times an inline copy of ``learn_on_replay_batch`` with a
+clock between its phases (checked against the real path: the two totals are printed side by side):
+
+- replay sampling: ``replay.sample`` minus target building (stratified draws in the sum tree, chain gathering, IS
+  weights, observation gather);
+- target building: :func:`rllib_muzero.targets.make_unroll_targets` (vectorised over the batch);
+- host->device: ``torch.as_tensor`` of the batch (CPU: no copy);
+- forward: :func:`rllib_muzero.losses.muzero_loss` (network unroll, two-hot targets, cross-entropies);
+- backward: ``total.backward()``;
+- optimizer: gradient-norm clipping + finiteness check + ``optimizer.step()`` (+ ``zero_grad``);
+- priorities + stats: the learner stats (``float()`` of detached scalars), priorities to numpy,
+  ``replay.update_priorities``.
+
+"outside fwd/bwd" is everything but forward and backward. One thread by default (``--threads``), CPU. Timings on a
+shared machine are noisy: medians over ``--repeats`` rounds of ``--updates`` updates, after ``--warmup`` updates.
+
+Reproduce::
+
+    python benchmarks/learner_speed.py                    # batch 256, K = 5, n = 10, 100k transitions
+    python benchmarks/learner_speed.py --repeats 9 --updates 30
+    python benchmarks/learner_speed.py --profile          # cProfile of 30 real-path updates instead of the table
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import math
+import os
+import pstats
+import time
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+import torch
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+OBS_DIM, NUM_ACTIONS, MAX_EPISODE_STEPS = 4, 2, 500
+
+
+def fill_replay(replay: Any, num_transitions: int, *, num_envs: int, fragment: int, seed: int) -> None:
+    """Adds ``num_transitions`` steps of synthetic CartPole-like episodes, as interleaved fragments of ``num_envs``."""
+    rng = np.random.default_rng(seed)
+    next_episode_id = 0
+
+    def new_episode() -> dict[str, Any]:
+        nonlocal next_episode_id
+        next_episode_id += 1
+        length = int(min(MAX_EPISODE_STEPS, rng.integers(10, 2 * MAX_EPISODE_STEPS)))
+        return {"id": next_episode_id, "length": length, "t": 0}
+
+    envs = [new_episode() for _ in range(num_envs)]
+    added = 0
+    while added < num_transitions:
+        for env in envs:
+            T = min(fragment, env["length"] - env["t"], num_transitions - added)
+            if T <= 0:
+                break
+            steps = env["t"] + np.arange(T)
+            obs = (rng.standard_normal((T, OBS_DIM)) * 0.1).astype(np.float32)
+            obs[:, 0] = steps / MAX_EPISODE_STEPS
+            left = env["length"] - steps  # steps until the episode ends
+            root_values = (1.0 - 0.997**left) / (1.0 - 0.997) + rng.normal(0.0, 2.0, T)
+            env["t"] += T
+            ended = env["t"] == env["length"]
+            replay.add_fragment(
+                env["id"],
+                obs,
+                rng.integers(0, NUM_ACTIONS, T),
+                np.ones(T, np.float32),
+                root_values.astype(np.float32),
+                rng.dirichlet(np.ones(NUM_ACTIONS), T).astype(np.float32),
+                terminated=ended and env["length"] < MAX_EPISODE_STEPS,
+                truncated=ended and env["length"] == MAX_EPISODE_STEPS,
+            )
+            added += T
+            if ended:
+                env.update(new_episode())
+
+
+def build(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The policy (default CartPole network, AdamW) and a filled replay buffer, as ``MuZero.setup`` builds them."""
+    import gymnasium as gym
+
+    from rllib_muzero import MuZeroConfig
+    from rllib_muzero.policy import MuZeroTorchPolicy
+    from rllib_muzero.replay import SequenceReplayBuffer
+
+    config = (
+        MuZeroConfig()
+        .environment("CartPole-v1")
+        .training(
+            train_batch_size=args.batch_size,
+            num_unroll_steps=args.unroll,
+            td_steps=args.td_steps,
+            replay_capacity=args.capacity,
+        )
+        .debugging(seed=args.seed)
+    )
+    env = gym.make("CartPole-v1")
+    policy = MuZeroTorchPolicy(env.observation_space, env.action_space, config.to_dict())
+    c = config
+    replay = SequenceReplayBuffer(
+        capacity=c.replay_capacity,
+        obs_shape=env.observation_space.shape,
+        obs_dtype=env.observation_space.dtype,
+        num_actions=int(env.action_space.n),
+        alpha=c.prioritized_replay_alpha,
+        beta=c.prioritized_replay_beta,
+        beta_increment_per_sampling=c.beta_increment_per_sampling,
+        epsilon=c.prioritized_replay_eps,
+    )
+    fill_replay(replay, args.fill or args.capacity, num_envs=16, fragment=50, seed=args.seed)
+    return policy, replay
+
+
+def real_update(policy: Any, replay: Any, args: argparse.Namespace, rng: np.random.Generator) -> None:
+    """One update exactly as ``MuZero._learn_once`` does it."""
+    from rllib_muzero import columns
+
+    batch = replay.sample(
+        args.batch_size, num_unroll_steps=args.unroll, td_steps=args.td_steps, discount=policy.config["gamma"], rng=rng
+    )
+    out = policy.learn_on_replay_batch(batch)
+    if out["finite"]:
+        replay.update_priorities(batch[columns.TRAIN_INDICES], batch[columns.TRAIN_GENERATIONS], out["priorities"])
+
+
+def timed_update(
+    policy: Any, replay: Any, args: argparse.Namespace, rng: np.random.Generator, seconds: dict[str, float]
+) -> None:
+    """:func:`real_update` with ``learn_on_replay_batch`` inlined and a clock between the phases."""
+    import rllib_muzero.replay as replay_module
+    from rllib_muzero import columns
+    from rllib_muzero.losses import LossOutput
+
+    real_targets = replay_module.make_unroll_targets
+    target_seconds = 0.0
+
+    def targets(*a: Any, **kw: Any) -> Any:
+        nonlocal target_seconds
+        start = time.perf_counter()
+        result = real_targets(*a, **kw)
+        target_seconds += time.perf_counter() - start
+        return result
+
+    clock = time.perf_counter
+    t0 = clock()
+    replay_module.make_unroll_targets = targets
+    try:
+        batch = replay.sample(
+            args.batch_size,
+            num_unroll_steps=args.unroll,
+            td_steps=args.td_steps,
+            discount=policy.config["gamma"],
+            rng=rng,
+        )
+    finally:
+        replay_module.make_unroll_targets = real_targets
+    t1 = clock()
+    # --- policy.learn_on_replay_batch, phase by phase
+    policy.model.train()
+    skip = (columns.TRAIN_INDICES, columns.TRAIN_GENERATIONS)
+    tensors = {k: torch.as_tensor(v, device=policy.device) for k, v in batch.items() if k not in skip}
+    t2 = clock()
+    optimizer = policy._optimizers[0]
+    optimizer.zero_grad(set_to_none=True)
+    total = policy.loss(policy.model, None, tensors)
+    out: LossOutput = policy.model.tower_stats["muzero_loss_output"]
+    t3 = clock()
+    total.backward()
+    t4 = clock()
+    clip = policy.config["grad_clip"]
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), clip if clip else math.inf)
+    finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))
+    if finite:
+        optimizer.step()
+    else:
+        optimizer.zero_grad(set_to_none=True)
+    policy.num_grad_updates += 1
+    t5 = clock()
+    stats = {
+        "total_loss": float(total.detach()),
+        "value_loss": float(out.value_loss),
+        "reward_loss": float(out.reward_loss),
+        "policy_loss": float(out.policy_loss),
+        "grad_gnorm": float(grad_norm),
+        "weights_min": float(tensors[columns.TRAIN_WEIGHTS].min()),
+        "weights_max": float(tensors[columns.TRAIN_WEIGHTS].max()),
+    }
+    stats.update(out.stats())
+    priorities = out.priorities.detach().cpu().numpy()
+    # --- back in _learn_once
+    if finite:
+        replay.update_priorities(batch[columns.TRAIN_INDICES], batch[columns.TRAIN_GENERATIONS], priorities)
+    t6 = clock()
+    seconds["replay sampling"] += t1 - t0 - target_seconds
+    seconds["target building"] += target_seconds
+    seconds["host->device"] += t2 - t1
+    seconds["forward (loss)"] += t3 - t2
+    seconds["backward"] += t4 - t3
+    seconds["optimizer"] += t5 - t4
+    seconds["priorities + stats"] += t6 - t5
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--unroll", type=int, default=5, help="K, num_unroll_steps")
+    parser.add_argument("--td-steps", type=int, default=10, help="n of the n-step return")
+    parser.add_argument("--capacity", type=int, default=100_000, help="replay capacity (transitions)")
+    parser.add_argument("--fill", type=int, default=None, help="transitions added (default: the capacity)")
+    parser.add_argument("--updates", type=int, default=20, help="updates per timed round")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per series (median)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed updates first")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", action="store_true", help="cProfile 30 updates instead of the table")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    start = time.perf_counter()
+    policy, replay = build(args)
+    setup_s = time.perf_counter() - start
+    rng = np.random.default_rng(args.seed)
+    for _ in range(args.warmup):
+        real_update(policy, replay, args, rng)
+
+    if args.profile:
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(30):
+            real_update(policy, replay, args, rng)
+        profiler.disable()
+        stats = pstats.Stats(profiler)
+        stats.sort_stats("cumulative").print_stats(35)
+        stats.sort_stats("tottime").print_stats(25)
+        return
+
+    real_rates, timed_rates = [], []
+    shares: dict[str, list[float]] = defaultdict(list)
+    for _ in range(args.repeats):  # interleaved, so both series see the same machine state
+        start = time.perf_counter()
+        for _ in range(args.updates):
+            real_update(policy, replay, args, rng)
+        real_rates.append(args.updates / (time.perf_counter() - start))
+        seconds: dict[str, float] = defaultdict(float)
+        start = time.perf_counter()
+        for _ in range(args.updates):
+            timed_update(policy, replay, args, rng, seconds)
+        elapsed = time.perf_counter() - start
+        timed_rates.append(args.updates / elapsed)
+        for name, value in seconds.items():
+            shares[name].append(value / elapsed)
+        shares["outside fwd/bwd"].append(
+            1.0 - (seconds["forward (loss)"] + seconds["backward"]) / elapsed
+        )
+
+    print(
+        f"learner, batch {args.batch_size}, K = {args.unroll}, n = {args.td_steps}, replay {len(replay):,} / "
+        f"{replay.capacity:,} transitions, {args.threads} thread(s), torch {torch.__version__} "
+        f"(setup {setup_s:.1f} s)"
+    )
+    print(f"{'updates/s, real path (median)':<34}{np.median(real_rates):>8.1f}   "
+          f"(min {min(real_rates):.1f}, max {max(real_rates):.1f}; {args.repeats} x {args.updates} updates)")
+    print(f"{'updates/s, instrumented copy':<34}{np.median(timed_rates):>8.1f}")
+    print(f"{'ms per update (real path)':<34}{1e3 / np.median(real_rates):>8.2f}")
+    print("share of the instrumented update's wall time (median over rounds):")
+    for name, values in shares.items():
+        print(f"  {name:<24}{100 * np.median(values):>8.1f} %")
+
+
+if __name__ == "__main__":
+    main()

@@ -21,7 +21,7 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "ruff"],
+        "test": ["pytest>=8", "ruff", "tensorboard"],
     },
     entry_points={"console_scripts": ["rllib-muzero=rllib_muzero.cli:main"]},
 )

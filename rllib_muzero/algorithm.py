@@ -14,6 +14,7 @@ import os
 import pathlib
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -40,6 +41,7 @@ from ray.rllib.utils.typing import PolicyID
 
 from rllib_muzero import columns
 from rllib_muzero.mcts import UNVISITED_VALUE_MODES
+from rllib_muzero.metrics import parameter_histograms, search_statistics
 from rllib_muzero.models import DEFAULT_MODEL_NAME
 from rllib_muzero.policy import MuZeroTorchPolicy
 from rllib_muzero.replay import SequenceReplayBuffer
@@ -122,6 +124,7 @@ class MuZeroConfig(AlgorithmConfig):
 
         # --- Safety ---
         self.max_nonfinite_updates_in_a_row = 10
+        self.debug = False  # reference's --debug: weight and gradient histograms in TensorBoard
 
     # ------------------------------------------------------------------ builder
     def training(
@@ -156,6 +159,7 @@ class MuZeroConfig(AlgorithmConfig):
         training_intensity: float | None = NotProvided,
         store_buffer_in_checkpoints: bool | None = NotProvided,
         max_nonfinite_updates_in_a_row: int | None = NotProvided,
+        debug: bool | None = NotProvided,
         **kwargs: Any,
     ) -> MuZeroConfig:
         """Sets MuZero's training and search hyperparameters (plus RLlib's own, e.g. ``lr``, ``gamma``).
@@ -196,6 +200,7 @@ class MuZeroConfig(AlgorithmConfig):
                 resumed run continues exactly; False makes checkpoints small.
             max_nonfinite_updates_in_a_row: Learner updates with a NaN/inf loss or gradient are skipped (weights
                 untouched); this many in a row stop training with an error.
+            debug: Report weight and gradient histograms every iteration (TensorBoard through Tune).
         """
         super().training(**kwargs)
         for name, value in dict(
@@ -228,6 +233,7 @@ class MuZeroConfig(AlgorithmConfig):
             training_intensity=training_intensity,
             store_buffer_in_checkpoints=store_buffer_in_checkpoints,
             max_nonfinite_updates_in_a_row=max_nonfinite_updates_in_a_row,
+            debug=debug,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -441,16 +447,16 @@ class MuZero(Algorithm):
         num_updates = self._num_updates_due(env_steps)
         trainable = self.env_runner.get_policies_to_train()
         to_train = [pid for pid in self.replays if pid in trainable]
+        learn_start = time.perf_counter()
         for _ in range(num_updates):
             for pid in to_train:
                 results[pid] = self._learn_once(pid)
-        for pid in to_train:
-            replay = self.replays[pid]
-            entry = results.setdefault(pid, {"learner_stats": {}})
-            entry["replay"] = {"size": len(replay), "capacity": replay.capacity, "num_added": replay.num_added,
-                               "mean_priority": float(replay.mean_priority) if len(replay) else 0.0}
-            entry["num_updates_this_iter"] = num_updates
+        learn_seconds = time.perf_counter() - learn_start
 
+        # --- report
+        for pid in to_train:
+            results.setdefault(pid, {"learner_stats": {}})["muzero"] = self._muzero_metrics(
+                pid, batch.policy_batches.get(pid), num_updates, learn_seconds, env_steps)
         # --- sync weights (and learner-update counts, which drive the temperature schedule on the runners)
         if num_updates:
             with self._timers[SYNCH_WORKER_WEIGHTS_TIMER]:
@@ -464,6 +470,31 @@ class MuZero(Algorithm):
                     },
                 )
         return results
+
+    def _muzero_metrics(self, pid: PolicyID, batch: SampleBatch | None, num_updates: int, learn_seconds: float,
+                        env_steps: int) -> dict[str, Any]:
+        """Replay, throughput and search metrics of one iteration (TensorBoard through Tune)."""
+        replay = self.replays[pid]
+        policy = self.get_policy(pid)
+        sampled_total = max(self._counters[NUM_ENV_STEPS_SAMPLED], 1)
+        sample_seconds = self._timers[SAMPLE_TIMER].mean if self._timers[SAMPLE_TIMER].count else 0.0
+        metrics: dict[str, Any] = {
+            "replay_size": len(replay),
+            "replay_capacity": replay.capacity,
+            "replay_num_added": replay.num_added,
+            "replay_mean_priority": float(replay.mean_priority) if len(replay) else 0.0,
+            "num_updates_this_iter": num_updates,
+            "learner_updates_per_s": num_updates / learn_seconds if num_updates and learn_seconds > 0 else 0.0,
+            "env_steps_per_s": env_steps / sample_seconds if sample_seconds > 0 else 0.0,
+            "replay_ratio": self._counters[NUM_ENV_STEPS_TRAINED] / sampled_total,
+            "temperature": policy.current_temperature(),
+            "num_nonfinite_updates": policy.num_nonfinite_updates,
+        }
+        if batch is not None and len(batch):
+            metrics.update(search_statistics(batch, self.config.gamma))
+        if self.config.debug:
+            metrics["histograms"] = parameter_histograms(policy.model.named_parameters())
+        return metrics
 
     def _num_updates_due(self, new_env_steps: int) -> int:
         """Learner updates owed for ``new_env_steps``: ``training_intensity`` replayed positions per env step."""

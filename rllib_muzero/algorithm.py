@@ -40,6 +40,7 @@ from ray.rllib.utils.metrics import (
 from ray.rllib.utils.typing import PolicyID
 
 from rllib_muzero import columns
+from rllib_muzero.envs import make_env_creator, validate_env_options
 from rllib_muzero.mcts import UNVISITED_VALUE_MODES
 from rllib_muzero.metrics import parameter_histograms, search_statistics
 from rllib_muzero.models import DEFAULT_MODEL_NAME
@@ -244,6 +245,10 @@ class MuZeroConfig(AlgorithmConfig):
         """Checks every MuZero option and raises ``ValueError`` naming the option, the value and what is accepted."""
         super().validate()
         self._validate_known_keys()
+        validate_env_options(self.env, self.env_config)
+        eval_overrides = self.evaluation_config if isinstance(self.evaluation_config, dict) else {}
+        if eval_overrides.get("env_config"):
+            validate_env_options(self.env, {**self.env_config, **eval_overrides["env_config"]})
         if self.enable_rl_module_and_learner or self.enable_env_runner_and_connector_v2:
             _fail("api_stack", "new API stack", "MuZero runs on RLlib's old API stack only (both flags False)")
         _check_int(self, "num_simulations", minimum=1)
@@ -371,6 +376,12 @@ class MuZero(Algorithm):
     @classmethod
     def get_default_policy_class(cls, config: AlgorithmConfig) -> type[Policy]:
         return MuZeroTorchPolicy
+
+    @staticmethod
+    def _get_env_id_and_creator(env_specifier: Any, config: AlgorithmConfig) -> tuple[Any, Any]:
+        """``config.env`` -> (env_id, creator): RLlib's resolution plus the reference's legacy ids and MuZero's env
+        options (``env_config``: sticky actions, frame stacking, ...), see :mod:`rllib_muzero.envs`."""
+        return make_env_creator(env_specifier, config)
 
     def setup(self, config: AlgorithmConfig) -> None:
         self._check_env_spaces()  # before any env runner starts

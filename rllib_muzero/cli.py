@@ -151,6 +151,72 @@ def train(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """Plays games with one or more checkpoints and reports what the agent did and believed (rllib_muzero.evaluate)."""
+    from rllib_muzero.evaluation import EvaluationError
+
+    try:
+        from rllib_muzero.evaluate import run_command
+
+        return run_command(args)
+    except EvaluationError as e:
+        raise UserError(str(e)) from None
+
+
+def _add_evaluate_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="play games with checkpoints; compare them; plot, render (GIF) and draw search trees (DOT), headless",
+        description="Plays --games-per-evaluation games with each checkpoint at each temperature and prints a "
+                    "table (return, length, predicted first value vs actual discounted return). Files go to "
+                    "--output-dir.")
+    p.add_argument("checkpoint_paths", nargs="+", metavar="PATH",
+                   help="checkpoint directories (algo.save()), or Tune experiment/trial directories with --checkpoints")
+    p.add_argument("--checkpoints", nargs="+", metavar="NAME",
+                   help="checkpoint names inside the PATH directories, e.g. checkpoint_000003 (or just 3)")
+    p.add_argument("--games-per-evaluation", type=int, default=1, metavar="N", help="games per checkpoint and "
+                   "temperature (default 1); game i is reset with seed --seed + i")
+    p.add_argument("--eval-temperatures", type=float, nargs="+", metavar="T",
+                   help="temperatures to compare (default 0 = greedy: the most visited action)")
+    p.add_argument("--num-simulations", type=int, metavar="N", help="simulations per search (default: the "
+                   "checkpoint's num_simulations)")
+    p.add_argument("--only-prior", action="store_true", help="act on the network's prior alone (no search)")
+    p.add_argument("--only-value", action="store_true",
+                   help="act by one-step lookahead: argmax_a r(s,a) + gamma * v(s') (no search)")
+    p.add_argument("--use-exploration-noise", action="store_true", help="Dirichlet noise on the root prior")
+    p.add_argument("--apply-mcts-steps", type=int, default=1, metavar="N",
+                   help="actions played from one search: the chosen one, then open-loop along the most visited path")
+    p.add_argument("--max-steps", type=int, metavar="N", help="stop each game after N steps")
+    p.add_argument("--seed", type=int, default=0, help="base seed of env resets and action sampling (default 0)")
+    p.add_argument("--parallel", action="store_true",
+                   help="play games as Ray tasks (same results as without, for the same seed)")
+    p.add_argument("--games-per-batch", type=int, default=1, metavar="N",
+                   help="games played in lockstep with batched searches (default 1); results depend on it")
+    p.add_argument("--render", action="store_true",
+                   help="render every step (rgb_array) and save each game as a GIF (named as --save-gif-as render)")
+    p.add_argument("--save-gif-as", metavar="NAME", help="save rendered games as GIFs: NAME.gif for a single game, "
+                   "else NAME-<checkpoint>-T<temperature>-game<i>.gif (implies --render)")
+    p.add_argument("--sleep", type=float, metavar="S",
+                   help="seconds each frame shows in the GIFs (default: the env's 1/render_fps)")
+    p.add_argument("--plot-summary", action="store_true",
+                   help="per-step plot (summary.png): return, predicted return, value to go, predicted and search "
+                        "values, search depth")
+    p.add_argument("--include-policy", action="store_true", help="add the visit shares per action to the plot")
+    p.add_argument("--include-bounds", action="store_true", help="add the 25-75%% band across games to the plot")
+    p.add_argument("--smooth", type=int, metavar="N", help="moving average over N steps in the plot")
+    p.add_argument("--detailed-label", action="store_true", help="more information in the plot's legend")
+    p.add_argument("--save-mcts", action="store_true",
+                   help="write every step's search tree as Graphviz DOT (and PNG where `dot` is installed)")
+    p.add_argument("--save-mcts-after-step", type=int, metavar="K",
+                   help="write search trees from step K on (implies --save-mcts)")
+    p.add_argument("--env", help="play in another env (gym id or registered name) with the same spaces")
+    p.add_argument("--env-config", help="JSON object replacing the checkpoint's env_config")
+    p.add_argument("--output-dir", help="where files go (default ./rllib-muzero-evaluation); also writes "
+                   "summary.json when given")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
+    p.set_defaults(func=evaluate)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rllib-muzero", description="MuZero for Ray RLlib")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -166,6 +232,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
     p.add_argument("--quiet", action="store_true", help="less output (no progress table)")
     p.set_defaults(func=train)
+    _add_evaluate_parser(sub)
     return parser
 
 

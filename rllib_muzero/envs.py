@@ -363,10 +363,6 @@ def wrap_env(env: Any, env_config: Mapping[str, Any], env_name: str | None = Non
     if not isinstance(env, gym.Env):
         _fail(wanted[0], o[wanted[0]], f"its default: env `{name}` is a {type(env).__name__}, not a gymnasium.Env, "
               "and the MuZero env options wrap gymnasium envs only")
-    for option in ("episode_life", "fire_reset", "noop_reset"):
-        if o[option] and _ale(env) is None:
-            _fail(option, True, f"False for `{name}`, which is not an Atari (ALE) env: `{option}` needs the ALE's "
-                  "lives and action meanings")
 
     if o["max_episode_steps"] is not None:
         env = TimeLimit(env, o["max_episode_steps"])
@@ -403,6 +399,11 @@ def _env_name(env: Any) -> str:
 def _ale(env: gym.Env) -> Any:
     """The env's ``ale_py.ALEInterface``, or None if it is not an Atari env."""
     return getattr(env.unwrapped, "ale", None)
+
+
+def _refuse_non_ale(option: str, env: gym.Env) -> None:
+    _fail(option, True, f"False for `{_env_name(env)}`, which is not an Atari (ALE) env: `{option}` needs the ALE's "
+          "lives and action meanings")
 
 
 def _action_meanings(env: gym.Env) -> list[str]:
@@ -461,7 +462,7 @@ class EpisodicLife(gym.Wrapper):
     def __init__(self, env: gym.Env, *, negative_reward_as_life_loss: bool | None = None):
         super().__init__(env)
         if _ale(env) is None:
-            _fail("episode_life", True, f"False for `{_env_name(env)}`, which is not an Atari (ALE) env")
+            _refuse_non_ale("episode_life", env)
         self._negative_reward_override = negative_reward_as_life_loss
         self.negative_reward_as_life_loss = bool(negative_reward_as_life_loss)
         self.lives = 0
@@ -504,7 +505,7 @@ class FireReset(gym.Wrapper):
     def __init__(self, env: gym.Env):
         super().__init__(env)
         if _ale(env) is None:
-            _fail("fire_reset", True, f"False for `{_env_name(env)}`, which is not an Atari (ALE) env")
+            _refuse_non_ale("fire_reset", env)
         meanings = _action_meanings(env)
         if len(meanings) < 3 or meanings[FIRE_ACTION] != "FIRE":
             _fail("fire_reset", True, f"False for `{_env_name(env)}`: its actions {meanings} have no FIRE at index 1")
@@ -529,7 +530,7 @@ class NoopReset(gym.Wrapper):
     def __init__(self, env: gym.Env, noop_max: int = 30):
         super().__init__(env)
         if _ale(env) is None:
-            _fail("noop_reset", True, f"False for `{_env_name(env)}`, which is not an Atari (ALE) env")
+            _refuse_non_ale("noop_reset", env)
         if not _is_int(noop_max) or noop_max < 0:
             _fail("noop_max", noop_max, ENV_OPTIONS["noop_max"].accepted)
         meanings = _action_meanings(env)

@@ -118,30 +118,35 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         index = int(np.searchsorted(np.asarray(steps), self.num_grad_updates, side="right"))
         return float(temperatures[index])
 
-    def _to_scalar(self, logits: torch.Tensor, support: DiscreteSupport) -> np.ndarray:
+    def to_scalar(self, logits: torch.Tensor, support: DiscreteSupport) -> np.ndarray:
+        """Scalar (B,) numpy values of categorical logits (B, S): softmax expectation, then h^-1 if transformed."""
         value = support_to_scalar(logits, support)
         if self.config["use_target_transform"]:
             value = h_inverse(value)
         return value.float().cpu().numpy()
 
     @torch.inference_mode()
-    def search(self, obs: np.ndarray, *, explore: bool, num_simulations: int | None = None) -> SearchOutput:
-        """Runs one batched search from the observations ``obs`` [B, *obs_shape] (paper Appendix B)."""
+    def search(self, obs: np.ndarray, *, explore: bool, num_simulations: int | None = None,
+               rng: np.random.Generator | None = None) -> SearchOutput:
+        """Runs one batched search from the observations ``obs`` [B, *obs_shape] (paper Appendix B).
+
+        ``rng`` supplies the root noise when exploring (default: this policy's own generator).
+        """
         self.model.eval()
         obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
         root_out = self.model.initial_inference(obs_t)
         root = RootOutput(
             prior_logits=root_out.policy_logits.float().cpu().numpy(),
-            value=self._to_scalar(root_out.value_logits, self.value_support),
+            value=self.to_scalar(root_out.value_logits, self.value_support),
             embedding=root_out.hidden,
         )
 
         def recurrent_fn(embedding: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
             out = self.model.recurrent_inference(embedding, torch.as_tensor(actions, device=self.device))
             return RecurrentOutput(
-                reward=self._to_scalar(out.reward_logits, self.reward_support),
+                reward=self.to_scalar(out.reward_logits, self.reward_support),
                 prior_logits=out.policy_logits.float().cpu().numpy(),
-                value=self._to_scalar(out.value_logits, self.value_support),
+                value=self.to_scalar(out.value_logits, self.value_support),
                 embedding=out.hidden,
             )
 
@@ -156,7 +161,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             add_exploration_noise=explore,
             root_dirichlet_alpha=float(c["root_dirichlet_alpha"]),
             root_exploration_fraction=float(c["root_exploration_fraction"]),
-            rng=self.rng,
+            rng=self.rng if rng is None else rng,
             unvisited_value=c["unvisited_value"],
             root_counts_as_visit=bool(c["root_counts_as_visit"]),
             workspace=self._workspace,

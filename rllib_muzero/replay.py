@@ -10,6 +10,29 @@ visit distribution ``pi_t`` (the paper's indexing, see ``docs/design.md``), plus
 - ``generation``: a per-slot write counter (0 = never written, +1 on every write), so stale episode links and stale
   priority writes (for a slot overwritten since it was sampled) are detected and dropped.
 
+Memory per transition is the observation's own bytes plus at most 64 bytes for up to 18 actions
+(``benchmarks/replay_memory.py``; e.g. 27.5 bytes for CartPole, 59.5 for Atari's 18 actions), from compact dtypes:
+
+=====================  ============================  =======================================================
+array                  dtype                         bytes per transition
+=====================  ============================  =======================================================
+observations           as given (``obs_dtype``)      the observation's own
+search policies        float16                       ``2 A``
+actions                smallest unsigned int for A   1 (A <= 256)
+rewards, root values   float32                       4 + 4
+next_slot              int32 (int64 beyond 2^31)     4
+end_flag, open tail    int8, bool                    1 + 1
+generation             uint32                        4
+priorities (sum tree)  float32 leaves + float64 tree 4 + about 0.5 (one float64 node pair per 32 leaves)
+=====================  ============================  =======================================================
+
+Search policies are normalised visit distributions, kept in float16 (11 significant bits: each probability is
+rounded to within 2^-11 ~ 5e-4 of itself, relatively, or 3e-8 absolutely below 6e-5) and renormalised to sum to 1
+when read, so a stored ``pi`` reaches the targets within ~1e-3 (relative) of what was added; visit fractions of a
+search with ``N <= 2048`` simulations are multiples of ``1/N``, each within that bound. Priorities are stored in float32 (relative rounding
+6e-8; the sums above them are float64). Generations wrap around after 2^32 - 1 writes of the same slot (skipping 0);
+a stale link or priority write would need to outlive that many rewrites of its slot to be mistaken for a fresh one.
+
 Episodes arrive in fragments, from several env runners, interleaved (RLlib's ``truncate_episodes``). The buffer keeps
 ``episode_id -> (tail slot, tail generation)`` for open episodes; the next fragment of an open episode links the old
 tail to its first slot, but only if the tail slot still holds that episode. Terminated or truncated fragments close
@@ -53,16 +76,30 @@ TRUNCATED = 2  # end_flag: the episode was truncated (time limit) after this ste
 
 _NO_SLOT = -1
 _INT64 = np.iinfo(np.int64)
-_STATE_VERSION = 1
+_STATE_VERSION = 1  # the state's keys and shapes; arrays of older dtypes are cast on restore
+_POLICY_DTYPE = np.float16  # search policies (normalised visit distributions), renormalised when read
+
+
+def _action_dtype(num_actions: int) -> np.dtype:
+    """The smallest unsigned integer dtype holding ``0 .. num_actions - 1``."""
+    for dtype in (np.uint8, np.uint16, np.uint32):
+        if num_actions - 1 <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.uint64)
 
 
 class SumTree:
-    """A binary sum tree over ``size`` non-negative leaf values, updated and searched vectorised over a batch.
+    """A sum tree over ``size`` non-negative leaf values, updated and searched vectorised over a batch.
 
-    The tree is one float64 array of ``2 * P`` nodes, ``P`` the next power of two ``>= size``: node 1 is the root,
-    node ``i`` has children ``2i`` and ``2i + 1``, leaf ``j`` is node ``P + j``. Every parent is recomputed as the sum
-    of its two children (never updated by a delta), so the tree is the same bit for bit however it was built, and
-    does not drift. Each level of an update or a search is one numpy operation over the whole batch.
+    The leaves are one float32 array, cut into blocks of :attr:`BLOCK` consecutive leaves; a binary tree of float64
+    partial sums sits above the blocks: with ``P`` the next power of two ``>= ceil(size / BLOCK)``, node 1 is the root,
+    node ``i`` has children ``2i`` and ``2i + 1``, and node ``P + b`` holds the sum of block ``b`` (summed in float64).
+    Every sum is recomputed from its parts (never updated by a delta), so the tree is the same bit for bit however it
+    was built, and does not drift. Each level of an update or a search is one numpy operation over the whole batch;
+    inside a block, a search is one cumulative sum over ``BLOCK`` leaves per query.
+
+    Memory: 4 bytes per leaf plus about 0.5 to 1 byte per leaf of tree nodes (a plain binary tree over the leaves in
+    float64 takes 16 to 32 bytes per leaf).
 
     Example::
 
@@ -74,12 +111,16 @@ class SumTree:
         [0, 1, 1, 3]
     """
 
+    BLOCK = 32  # leaves per block (a power of two)
+
     def __init__(self, size: int):
         if size < 1:
             raise ValueError(f"`size` must be >= 1, got {size}.")
         self.size = int(size)
-        self._leaf0 = 1 << max(0, (self.size - 1).bit_length())  # P
-        self._depth = self._leaf0.bit_length() - 1  # levels below the root
+        num_blocks = -(-self.size // self.BLOCK)
+        self._leaf0 = 1 << max(0, (num_blocks - 1).bit_length())  # P: node of block 0
+        self._depth = self._leaf0.bit_length() - 1  # levels between the root and the block nodes
+        self._leaves = np.zeros(num_blocks * self.BLOCK, dtype=np.float32)  # padding leaves stay 0
         self._nodes = np.zeros(2 * self._leaf0, dtype=np.float64)
 
     @property
@@ -89,37 +130,47 @@ class SumTree:
 
     @property
     def leaves(self) -> np.ndarray:
-        """A read-only view of the ``size`` leaf values."""
-        view = self._nodes[self._leaf0 : self._leaf0 + self.size]
+        """A read-only view of the ``size`` leaf values (float32)."""
+        view = self._leaves[: self.size]
         view.flags.writeable = False
         return view
 
     def get(self, indices: np.ndarray) -> np.ndarray:
-        """Leaf values at ``indices``."""
-        return self._nodes[self._leaf0 + np.asarray(indices, dtype=np.int64)]
+        """Leaf values at ``indices`` (as float64)."""
+        return self._leaves[np.asarray(indices, dtype=np.int64)].astype(np.float64)
 
     def update(self, indices: np.ndarray, values: np.ndarray) -> None:
         """Set leaves ``indices`` to ``values`` (duplicates: the last one wins) and recompute their ancestors."""
-        nodes = self._leaf0 + np.asarray(indices, dtype=np.int64)
-        self._nodes[nodes] = values
+        indices = np.asarray(indices, dtype=np.int64)
+        self._leaves[indices] = values
+        blocks = np.unique(indices // self.BLOCK)
+        self._nodes[self._leaf0 + blocks] = self._block_sums(blocks)
+        nodes = self._leaf0 + blocks
         for _ in range(self._depth):
             nodes = np.unique(nodes >> 1)
             self._nodes[nodes] = self._nodes[2 * nodes] + self._nodes[2 * nodes + 1]
 
     def set_all(self, values: np.ndarray) -> None:
         """Replace all ``size`` leaves and rebuild the tree level by level."""
+        self._leaves[:] = 0.0
+        self._leaves[: self.size] = values
         self._nodes[:] = 0.0
-        self._nodes[self._leaf0 : self._leaf0 + self.size] = values
+        num_blocks = self._leaves.shape[0] // self.BLOCK
+        self._nodes[self._leaf0 : self._leaf0 + num_blocks] = self._block_sums(np.arange(num_blocks))
         lo = self._leaf0
         while lo > 1:
             lo >>= 1
             self._nodes[lo : 2 * lo] = self._nodes[2 * lo : 4 * lo : 2] + self._nodes[2 * lo + 1 : 4 * lo : 2]
 
+    def _block_sums(self, blocks: np.ndarray) -> np.ndarray:
+        """float64 sums of the given blocks' leaves, always summed the same way (bit-reproducible)."""
+        return self._leaves.reshape(-1, self.BLOCK)[blocks].sum(axis=1, dtype=np.float64)
+
     def find(self, prefix_sums: np.ndarray) -> np.ndarray:
         """For each ``u`` the leaf ``i`` with ``sum_{j<i} v_j <= u < sum_{j<=i} v_j`` (int64 array).
 
-        Zero-mass subtrees are never entered, so a ``u`` at or past the total (float round-off) lands on the last
-        leaf with positive value instead of an empty slot. Requires ``total > 0``.
+        Zero-mass subtrees and zero leaves are never chosen, so a ``u`` at or past the total (float round-off) lands
+        on the last leaf with positive value instead of an empty slot. Requires ``total > 0``.
         """
         u = np.array(prefix_sums, dtype=np.float64, copy=True)
         nodes = np.ones(u.shape, dtype=np.int64)
@@ -129,7 +180,14 @@ class SumTree:
             go_right = (u >= left_sum) & (self._nodes[left + 1] > 0.0)
             u = np.where(go_right, u - left_sum, u)
             nodes = left + go_right
-        return nodes - self._leaf0
+        blocks = nodes - self._leaf0
+        leaves_QB = self._leaves.reshape(-1, self.BLOCK)[blocks].astype(np.float64)  # (queries, BLOCK)
+        offset = (np.cumsum(leaves_QB, axis=-1) <= u[..., None]).sum(axis=-1)  # first leaf whose prefix sum > u
+        past_end = offset >= self.BLOCK  # u at or past the block's sum (round-off): its last positive leaf
+        if past_end.any():
+            last_positive = self.BLOCK - 1 - np.argmax(leaves_QB[..., ::-1] > 0.0, axis=-1)
+            offset = np.where(past_end, last_positive, offset)
+        return blocks * self.BLOCK + offset
 
 
 class SequenceReplayBuffer:
@@ -191,14 +249,15 @@ class SequenceReplayBuffer:
         self.epsilon = float(epsilon)
 
         C, A = self._capacity, self._num_actions
+        slot_dtype = np.int32 if C <= np.iinfo(np.int32).max else np.int64
         self._obs = np.zeros((C, *self._obs_shape), dtype=self._obs_dtype)
-        self._actions = np.zeros(C, dtype=np.int64)
+        self._actions = np.zeros(C, dtype=_action_dtype(A))
         self._rewards = np.zeros(C, dtype=np.float32)
         self._root_values = np.zeros(C, dtype=np.float32)
-        self._policies = np.zeros((C, A), dtype=np.float32)
-        self._next_slot = np.full(C, _NO_SLOT, dtype=np.int64)
+        self._policies = np.zeros((C, A), dtype=_POLICY_DTYPE)
+        self._next_slot = np.full(C, _NO_SLOT, dtype=slot_dtype)
         self._end_flag = np.zeros(C, dtype=np.int8)
-        self._generation = np.zeros(C, dtype=np.int64)
+        self._generation = np.zeros(C, dtype=np.uint32)
         self._is_open_tail = np.zeros(C, dtype=bool)
         self._tree = SumTree(C)
         self._open: dict[int, tuple[int, int]] = {}  # episode_id -> (tail slot, tail generation)
@@ -245,6 +304,13 @@ class SequenceReplayBuffer:
         return self._max_priority
 
     @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffer's arrays, sum tree included (fixed at construction; see the module docstring)."""
+        arrays = (self._obs, self._actions, self._rewards, self._root_values, self._policies, self._next_slot,
+                  self._end_flag, self._generation, self._is_open_tail, self._tree._leaves, self._tree._nodes)
+        return sum(a.nbytes for a in arrays)
+
+    @property
     def mean_priority(self) -> float:
         """Mean stored priority over the stored transitions (0.0 when empty)."""
         return self._tree.total / self._size if self._size else 0.0
@@ -270,7 +336,8 @@ class SequenceReplayBuffer:
             actions: ``(T,)`` actions ``a_t`` in ``[0, A)``.
             rewards: ``(T,)`` rewards ``u_{t+1}`` received for ``a_t``.
             root_values: ``(T,)`` search root values ``nu_t``.
-            search_policies: ``(T, A)`` normalised root visit counts ``pi_t``.
+            search_policies: ``(T, A)`` normalised root visit counts ``pi_t``, each in ``[0, 1]`` (stored in float16,
+                renormalised when read; see the module docstring).
             terminated: the episode terminated after the last step of this fragment.
             truncated: the episode was truncated (time limit) after the last step. ``terminated`` wins if both.
 
@@ -301,6 +368,11 @@ class SequenceReplayBuffer:
             not np.issubdtype(actions.dtype, np.integer) or actions.min() < 0 or actions.max() >= self._num_actions
         ):
             raise ValueError(f"`actions` must be integers in [0, {self._num_actions}), got {actions.dtype} {actions}.")
+        if T and not (search_policies.min() >= 0.0 and search_policies.max() <= 1.0):  # also False for NaN
+            raise ValueError(
+                "`search_policies` must be normalised visit distributions with entries in [0, 1], got range "
+                f"[{search_policies.min()}, {search_policies.max()}]."
+            )
         end = TERMINATED if terminated else TRUNCATED if truncated else CONTINUES
 
         if T == 0:
@@ -335,7 +407,9 @@ class SequenceReplayBuffer:
         self._next_slot[slots[-1]] = _NO_SLOT
         self._end_flag[slots] = CONTINUES
         self._end_flag[slots[-1]] = end
-        self._generation[slots] += 1
+        generation = self._generation[slots] + np.uint32(1)  # wraps around modulo 2^32 ...
+        generation[generation == 0] = 1  # ... skipping 0, which means "never written"
+        self._generation[slots] = generation
         self._tree.update(slots, np.full(T, self._max_priority))
 
         previous = self._open.pop(episode_id, None)
@@ -427,10 +501,13 @@ class SequenceReplayBuffer:
             lengths_B += alive_B
         terminated_B = self._end_flag[current_B] == TERMINATED  # current_B is the last available slot
         P = num_unroll_steps + 1  # positions whose policy / action are read
+        policies_BPA = self._policies[chain_BL[:, :P]].astype(np.float32)  # stored in float16: renormalise
+        policy_sums_BP1 = policies_BPA.sum(axis=-1, keepdims=True)
+        np.divide(policies_BPA, policy_sums_BP1, out=policies_BPA, where=policy_sums_BP1 > 0.0)
         batch = make_unroll_targets(
             self._rewards[chain_BL],
             self._root_values[chain_BL],
-            self._policies[chain_BL[:, :P]],
+            policies_BPA,
             self._actions[chain_BL[:, :P]],
             lengths_B,
             terminated_B,
@@ -442,7 +519,7 @@ class SequenceReplayBuffer:
         )
         batch[TRAIN_OBS] = self._obs[indices_B]
         batch[TRAIN_INDICES] = indices_B
-        batch[TRAIN_GENERATIONS] = self._generation[indices_B].copy()
+        batch[TRAIN_GENERATIONS] = self._generation[indices_B].astype(np.int64)
         return batch
 
     # ------------------------------------------------------------------------------------------------ priorities
@@ -473,21 +550,23 @@ class SequenceReplayBuffer:
         valid_B = (self._generation[indices_B] == generations_B) & (generations_B > 0)
         if not valid_B.any():
             return
-        priorities_B = (errors_B[valid_B] + self.epsilon) ** self.alpha
+        priorities_B = np.minimum((errors_B[valid_B] + self.epsilon) ** self.alpha, np.finfo(np.float32).max)
         self._tree.update(indices_B[valid_B], priorities_B)
         self._max_priority = max(self._max_priority, float(priorities_B.max()))
 
     def priorities(self, indices: np.ndarray) -> np.ndarray:
-        """Stored priorities ``(|e| + epsilon)^alpha`` of ``indices`` (0 for never-written slots)."""
+        """Stored priorities ``(|e| + epsilon)^alpha`` of ``indices`` (0 for never-written slots), as float64.
+
+        They are stored in float32, i.e. rounded to 24 significant bits."""
         return self._tree.get(indices)
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def get_state(self) -> dict[str, Any]:
         """Everything needed to restore the buffer exactly: numpy arrays (copies) and plain Python scalars.
 
-        Contents, priorities, links, end flags, generations, open episodes, counters and the current beta.
-        ``alpha``, ``epsilon`` and ``beta_increment_per_sampling`` are configuration and stay the restoring
-        buffer's own.
+        Contents, priorities, links, end flags, generations, open episodes, counters and the current beta, each array
+        in its storage dtype (see the module docstring). ``alpha``, ``epsilon`` and ``beta_increment_per_sampling``
+        are configuration and stay the restoring buffer's own.
         """
         open_ids = list(self._open)
         return {
@@ -516,7 +595,12 @@ class SequenceReplayBuffer:
         }
 
     def set_state(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`get_state`'s output. Capacity, observation shape and dtype and ``num_actions`` must match."""
+        """Restore :meth:`get_state`'s output. Capacity, observation shape and dtype and ``num_actions`` must match.
+
+        Arrays are cast to this buffer's storage dtypes, so a state saved with wider dtypes (float32 search policies,
+        float64 priorities, int64 actions, links and generations, as before the compact layout) restores too, its
+        policies rounded to float16 and its priorities to float32. A state from this layout restores exactly.
+        """
         if state.get("version") != _STATE_VERSION:
             raise ValueError(f"Unknown replay state version {state.get('version')!r}; expected {_STATE_VERSION}.")
         saved = {
@@ -555,7 +639,7 @@ class SequenceReplayBuffer:
             raise ValueError(f"Cannot restore replay state: `priorities` must have shape ({C},).")
         for key, (_, target) in arrays.items():
             target[...] = state[key]
-        self._tree.set_all(np.asarray(state["priorities"], dtype=np.float64))
+        self._tree.set_all(np.asarray(state["priorities"], dtype=np.float32))
         ids = np.asarray(state["open_episode_ids"], dtype=np.int64).tolist()
         tails = np.asarray(state["open_tail_slots"], dtype=np.int64).tolist()
         gens = np.asarray(state["open_tail_generations"], dtype=np.int64).tolist()

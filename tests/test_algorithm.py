@@ -49,8 +49,8 @@ def test_training_iteration_passes_rllib_result_checks(trained_algo):
     stats = result["info"]["learner"]["default_policy"]["learner_stats"]
     for key in ("total_loss", "value_loss", "reward_loss", "policy_loss", "grad_gnorm"):
         assert np.isfinite(stats[key]), key
-    replay = result["info"]["learner"]["default_policy"]["replay"]
-    assert replay["size"] == min(replay["num_added"], replay["capacity"]) > 0
+    metrics = result["info"]["learner"]["default_policy"]["muzero"]
+    assert metrics["replay_size"] == min(metrics["replay_num_added"], metrics["replay_capacity"]) > 0
     assert result["num_env_steps_sampled_lifetime"] == 3 * 4 * 10
 
 

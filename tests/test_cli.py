@@ -1,5 +1,8 @@
 """The rllib-muzero command: user mistakes give one line and exit code 2, before Ray starts."""
 
+import glob
+import json
+
 import pytest
 
 from rllib_muzero import cli
@@ -53,7 +56,31 @@ def test_config_override_must_be_json(capsys):
     assert code == 2 and "--config is not valid JSON" in err
 
 
-@pytest.mark.parametrize("example", ["tuned_examples/cartpole-muzero.yaml"])
+EXAMPLES = sorted(glob.glob("tuned_examples/*.yaml"))
+TINY = {"num_simulations": 2, "train_batch_size": 8, "num_steps_sampled_before_learning_starts": 16,
+        "num_envs_per_env_runner": 2, "rollout_fragment_length": 8, "num_unroll_steps": 2, "td_steps": 3,
+        "num_env_runners": 0, "evaluation_interval": None, "replay_capacity": 1000,
+        "model": {"custom_model": "muzero_fc", "custom_model_config": {
+            "hidden_size": 8, "representation_layers": [8], "dynamics_layers": [8], "reward_layers": [8],
+            "value_layers": [8], "policy_layers": [8]}}}
+
+
+def test_examples_are_found():
+    assert {"tuned_examples/cartpole-muzero.yaml", "tuned_examples/lunarlander-muzero.yaml",
+            "tuned_examples/pong-ram-muzero.yaml", "tuned_examples/breakout-ram-muzero.yaml"} <= set(EXAMPLES)
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
 def test_tuned_examples_validate(example):
     for name, spec in cli.load_experiments(example).items():
         cli.build_param_space(name, spec, None)
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("example", [e for e in EXAMPLES if "search" not in e])
+def test_tuned_example_runs_one_iteration(example, ray_session, tmp_path):
+    code = cli.main(["train", example, "--stop", '{"training_iteration": 1}', "--config", json.dumps(TINY),
+                     "--storage-path", str(tmp_path), "--quiet"])
+    assert code == 0
+    progress = list(tmp_path.rglob("progress.csv"))
+    assert len(progress) == 1 and len(progress[0].read_text().splitlines()) == 2

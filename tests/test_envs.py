@@ -201,13 +201,17 @@ def test_noop_max_defaults_to_30():
 
 
 def test_stack_states_flattens_1d_observations_oldest_first():
-    env = wrap_env(FakeEnv(), {"stack_states": 3})
+    class OffsetEnv(FakeEnv):
+        def _obs(self):
+            return np.array([self.t + 10, self.t + 20], dtype=np.uint8)
+
+    env = wrap_env(OffsetEnv(), {"stack_states": 3})
     assert env.observation_space.shape == (6,)
     obs, _ = env.reset(seed=0)
-    assert obs.tolist() == [0, 0] * 3  # the reset observation pads the stack
+    assert obs.tolist() == [10, 20] * 3  # the reset observation pads the stack
     env.step(0)
     obs, *_ = env.step(0)
-    assert obs.tolist() == [0, 0, 1, 1, 2, 2]
+    assert obs.tolist() == [10, 20, 11, 21, 12, 22]
     assert env.observation_space.contains(obs)
 
 
@@ -397,6 +401,12 @@ def test_ale_only_options_refused_at_creation_when_the_id_cannot_tell(option):
     _, creator = make_env_creator("muzero_test_cartpole", None)
     with pytest.raises(ValueError, match=f"`{option}`.*not an Atari"):
         creator({option: True})
+
+
+@pytest.mark.parametrize("option", ["episode_life", "fire_reset", "noop_reset"])
+def test_ale_only_wrappers_refuse_envs_without_an_ale(option):
+    with pytest.raises(ValueError, match=f"`{option}`.*not an Atari"):
+        wrap_env(FakeEnv(), {option: True})
 
 
 def test_fire_reset_needs_fire_at_action_1():

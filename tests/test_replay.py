@@ -74,9 +74,10 @@ def slot_of(buf, seed, step):
 # ---------------------------------------------------------------------------------------------------- sum tree
 def test_sum_tree_find_matches_cumsum():
     rng = np.random.default_rng(0)
-    for size in (1, 2, 5, 8, 37):
+    for size in (1, 2, 5, 8, 37, 100, 1000, 4097):  # one block of 32 leaves, several, a ragged last block
         tree = SumTree(size)
         values = rng.random(size) * (rng.random(size) > 0.3)
+        values = values.astype(np.float32).astype(np.float64)  # the leaves are stored in float32
         values[rng.integers(size)] = 1.0  # at least one positive leaf
         tree.update(np.arange(size), values)
         assert tree.total == pytest.approx(values.sum())
@@ -95,6 +96,20 @@ def test_sum_tree_incremental_equals_rebuild():
         a.update(idx, rng.random(17))
     b.set_all(np.array(a.leaves))
     np.testing.assert_array_equal(a._nodes, b._nodes)
+    np.testing.assert_array_equal(a._leaves, b._leaves)
+
+
+def test_sum_tree_skips_zero_blocks_and_clamps_past_the_total():
+    tree = SumTree(200)  # 7 blocks of 32 leaves
+    values = np.zeros(200)
+    values[[3, 40, 41, 150]] = [1.0, 2.0, 0.5, 4.0]  # blocks 0, 1 and 4; the others are empty
+    tree.update(np.arange(200), values)
+    assert tree.total == 7.5
+    u = np.array([0.0, 0.999, 1.0, 2.99, 3.0, 3.49, 3.5, 7.49, 7.5, 100.0])
+    np.testing.assert_array_equal(tree.find(u), [3, 3, 40, 40, 41, 41, 150, 150, 150, 150])
+    assert tree.find(u).dtype == np.int64
+    np.testing.assert_array_equal(tree.get([3, 4]), [1.0, 0.0])
+    assert tree.get([3]).dtype == np.float64
 
 
 def test_sampling_frequencies_match_priorities():
@@ -371,3 +386,121 @@ def test_bad_fragments_and_empty_sampling():
         buf.update_priorities(np.array([0]), np.array([1]), np.array([np.nan]))
     with pytest.raises(ValueError, match="same length"):
         buf.update_priorities(np.array([0, 1]), np.array([1]), np.array([0.5, 0.5]))
+
+
+# ---------------------------------------------------------------------------------------------------- memory layout
+def array_nbytes(buf):
+    """Bytes of every numpy array reachable from the buffer and its sum tree."""
+    arrays = [v for v in vars(buf).values() if isinstance(v, np.ndarray)]
+    arrays += [v for v in vars(buf._tree).values() if isinstance(v, np.ndarray)]
+    return sum(a.nbytes for a in arrays)
+
+
+@pytest.mark.parametrize(("obs_shape", "obs_dtype", "num_actions"), [((4,), np.float32, 2), ((128,), np.uint8, 18)])
+def test_memory_stays_within_the_capacity_bound_under_a_long_fill(obs_shape, obs_dtype, num_actions):
+    # Issue 7: at most the observation's bytes + 64 per transition, whatever was added. 16 envs send interleaved
+    # fragments for 20x the capacity; every 7th fragment its env "crashes" and abandons the episode (never closed).
+    C = 500
+    buf = SequenceReplayBuffer(C, obs_shape, obs_dtype, num_actions)
+    obs_bytes = int(np.prod(obs_shape)) * np.dtype(obs_dtype).itemsize
+    nbytes = buf.nbytes
+    assert nbytes == array_nbytes(buf)
+    assert nbytes / C <= obs_bytes + 64
+    rng = np.random.default_rng(0)
+    envs = list(range(16))
+    next_id, added, fragment_count = 16, 0, 0
+    tail_written_at = {}  # open episode -> global step index of its stored tail
+    while added < 20 * C:
+        for i, eid in enumerate(envs):
+            T = int(rng.integers(1, 40))
+            ends = rng.random() < 0.1
+            buf.add_fragment(
+                eid,
+                np.zeros((T, *obs_shape), obs_dtype),
+                rng.integers(0, num_actions, T),
+                np.ones(T, np.float32),
+                np.zeros(T, np.float32),
+                rng.dirichlet(np.ones(num_actions), T).astype(np.float32),
+                terminated=ends,
+                truncated=False,
+            )
+            added += T
+            fragment_count += 1
+            tail_written_at.pop(eid, None)
+            if not ends:
+                tail_written_at[eid] = added - 1
+            if ends or fragment_count % 7 == 0:  # a new episode; a crashed one stays open in the buffer's eyes
+                envs[i], next_id = next_id, next_id + 1
+    assert buf.num_added == added and len(buf) == C
+    assert buf.nbytes == array_nbytes(buf) == nbytes  # no array grew
+    # The open-episode table holds exactly the open episodes whose tail is still stored (abandoned ones are pruned
+    # when their tail is overwritten), so it is bounded by the capacity too.
+    still_stored = {e for e, at in tail_written_at.items() if at >= added - C}
+    assert set(buf._open) == still_stored
+    assert len(buf._tail_owner) == int(buf._is_open_tail.sum()) == buf.num_open_episodes <= C
+    batch = buf.sample(64, num_unroll_steps=5, td_steps=10, discount=0.99, rng=rng)
+    assert np.isfinite(batch[TRAIN_TARGET_VALUE]).all()
+
+
+def test_compact_storage_dtypes():
+    state = SequenceReplayBuffer(10, (128,), np.uint8, 18).get_state()
+    assert state["obs"].dtype == np.uint8
+    assert state["actions"].dtype == np.uint8
+    assert state["search_policies"].dtype == np.float16
+    assert state["rewards"].dtype == state["root_values"].dtype == np.float32
+    assert state["next_slot"].dtype == np.int32 and state["end_flag"].dtype == np.int8
+    assert state["generation"].dtype == np.uint32 and state["priorities"].dtype == np.float32
+    assert SequenceReplayBuffer(10, (1,), np.float32, 256).get_state()["actions"].dtype == np.uint8
+    assert SequenceReplayBuffer(10, (1,), np.float32, 257).get_state()["actions"].dtype == np.uint16
+
+
+def test_float16_policies_are_renormalised_within_1e_3():
+    A18 = 18
+    buf = SequenceReplayBuffer(64, OBS, np.float32, A18)
+    rng = np.random.default_rng(3)
+    T = 20
+    policies = rng.dirichlet(np.full(A18, 0.3), size=T)  # float64, many tiny entries
+    buf.add_fragment(1, np.zeros((T, *OBS)), rng.integers(0, A18, T), np.zeros(T), np.zeros(T), policies,
+                     terminated=True, truncated=False)
+    batch = buf.build_batch(np.arange(T - 2), num_unroll_steps=2, td_steps=1, discount=0.9, rng=rng)
+    target = batch[TRAIN_TARGET_POLICY]  # (B, 3, A): positions t, t+1, t+2 all exist
+    assert target.dtype == np.float32
+    np.testing.assert_allclose(target.sum(-1), 1.0, rtol=1e-6)
+    expected = np.stack([policies[k : k + 3] for k in range(T - 2)])
+    np.testing.assert_allclose(target, expected, rtol=1e-3, atol=1e-7)
+
+
+def test_generation_wraps_around_without_hitting_never_written():
+    buf = make_buffer(4)
+    add(buf, 1, episode(2, seed=0), terminated=True)  # slots 0, 1
+    buf._generation[2] = np.iinfo(np.uint32).max  # as if slot 2 had been written 2^32 - 1 times
+    add(buf, 2, episode(2, seed=1), terminated=True)  # slots 2, 3
+    assert buf._generation[2] == 1 and buf._generation[3] == 1  # 0 means "never written": skipped
+    batch = buf.sample(8, num_unroll_steps=1, td_steps=1, discount=0.9, rng=np.random.default_rng(0))
+    assert batch[TRAIN_GENERATIONS].dtype == np.int64 and (batch[TRAIN_GENERATIONS] >= 1).all()
+    buf.update_priorities(batch[TRAIN_INDICES], batch[TRAIN_GENERATIONS], np.full(8, 2.0))
+    np.testing.assert_allclose(buf.priorities(np.unique(batch[TRAIN_INDICES])), 2.01)
+
+
+def test_state_with_wide_legacy_dtypes_restores():
+    # A checkpoint from before the compact layout (float32 policies, float64 priorities, int64 everything else).
+    src = make_buffer(20)
+    fill_for_checkpoint(src)
+    legacy = src.get_state()
+    for key in ("actions", "next_slot", "generation"):
+        legacy[key] = legacy[key].astype(np.int64)
+    legacy["search_policies"] = legacy["search_policies"].astype(np.float32)
+    legacy["priorities"] = legacy["priorities"].astype(np.float64)
+    dst = make_buffer(20)
+    dst.set_state(legacy)
+    for key, value in src.get_state().items():
+        np.testing.assert_array_equal(dst.get_state()[key], value, err_msg=key)
+
+
+def test_search_policies_must_be_distributions():
+    buf = make_buffer(10)
+    ep = episode(3, seed=0)
+    for bad in (np.full((3, A), 2.0), np.full((3, A), -0.1), np.full((3, A), np.nan)):
+        with pytest.raises(ValueError, match="search_policies"):
+            add(buf, 1, ep | {"search_policies": bad})
+    assert len(buf) == 0

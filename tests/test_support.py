@@ -136,3 +136,32 @@ def test_discrete_support_is_frozen():
     with pytest.raises(AttributeError):
         support.min = -2  # type: ignore[misc]
     assert support.size == 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fn", [h, h_inverse])
+def test_numpy_fast_path_matches_the_torch_path(fn, dtype):
+    # Small CPU tensors without gradient take a numpy path; one that requires grad takes the torch path.
+    rng = np.random.default_rng(0)
+    values = np.concatenate([[0.0, -0.0, 1.0, -1.0], rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 8, 2000)])
+    x = torch.tensor(values, dtype=dtype)
+    fast = fn(x)
+    slow = fn(x.clone().requires_grad_(True)).detach()
+    assert fast.dtype == slow.dtype == dtype
+    # Equal up to the last float64 bit (torch's vectorised sqrt is not always correctly rounded).
+    torch.testing.assert_close(fast, slow, rtol=1e-14, atol=1e-15)
+    assert fn(torch.tensor([0.0], dtype=dtype)).item() == 0.0
+
+
+def test_fast_paths_work_in_inference_mode_and_keep_gradients_outside_it():
+    support = DiscreteSupport(-5, 5)
+    with torch.inference_mode():
+        value = h_inverse(support_to_scalar(torch.randn(3, 11), support))
+    assert value.shape == (3,) and value.dtype == torch.float32
+    # The cached atoms were first built inside inference mode; they must still be usable under autograd.
+    logits = torch.randn(3, 11, requires_grad=True)
+    h_inverse(support_to_scalar(logits, support)).sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+    # Integer and float16 inputs keep their documented output dtypes.
+    assert h(torch.tensor([1, 2])).dtype == torch.float32
+    assert h_inverse(torch.tensor([1.0], dtype=torch.float16)).dtype == torch.float16

@@ -101,6 +101,7 @@ class MuZeroConfig(AlgorithmConfig):
         self.root_counts_as_visit = True
         self.visit_softmax_temperatures: list[float] = [1.0, 0.5, 0.25]
         self.visit_softmax_steps: list[int] = [15_000, 30_000]
+        self.fixed_temperatures: list[float] | None = None
 
         # --- Targets and loss (paper eq. 1, Appendix F/G) ---
         self.num_unroll_steps = 5
@@ -112,6 +113,10 @@ class MuZeroConfig(AlgorithmConfig):
         self.reward_loss_weight = 1.0
         self.policy_loss_weight = 1.0
         self.optimizer_type = "adamw"
+        self.lr_decay_rate = 1.0
+        self.lr_decay_steps = 100_000
+        self.lr_warmup_steps = 0
+        self.use_q_max = False
         self.momentum = 0.9
         self.weight_decay = 1e-4
 
@@ -125,6 +130,8 @@ class MuZeroConfig(AlgorithmConfig):
 
         # --- Safety ---
         self.max_nonfinite_updates_in_a_row = 10
+        self.send_weights_frequency = 1
+        self.weight_sync_frequency = 0
         self.debug = False  # reference's --debug: weight and gradient histograms in TensorBoard
 
     # ------------------------------------------------------------------ builder
@@ -161,6 +168,13 @@ class MuZeroConfig(AlgorithmConfig):
         store_buffer_in_checkpoints: bool | None = NotProvided,
         max_nonfinite_updates_in_a_row: int | None = NotProvided,
         debug: bool | None = NotProvided,
+        fixed_temperatures: Sequence[float] | None = NotProvided,
+        lr_decay_rate: float | None = NotProvided,
+        lr_decay_steps: int | None = NotProvided,
+        lr_warmup_steps: int | None = NotProvided,
+        use_q_max: bool | None = NotProvided,
+        send_weights_frequency: int | None = NotProvided,
+        weight_sync_frequency: int | None = NotProvided,
         **kwargs: Any,
     ) -> MuZeroConfig:
         """Sets MuZero's training and search hyperparameters (plus RLlib's own, e.g. ``lr``, ``gamma``).
@@ -202,6 +216,16 @@ class MuZeroConfig(AlgorithmConfig):
             max_nonfinite_updates_in_a_row: Learner updates with a NaN/inf loss or gradient are skipped (weights
                 untouched); this many in a row stop training with an error.
             debug: Report weight and gradient histograms every iteration (TensorBoard through Tune).
+            fixed_temperatures: One acting temperature per env runner instead of the schedule (reference's
+                ``--fixed_temperatures``); the list length must equal ``num_env_runners`` (1 when 0 runners).
+            lr_decay_rate: lr(t) = lr * warmup(t) * lr_decay_rate ^ (t / lr_decay_steps), t = learner updates
+                (paper pseudocode: ExponentialDecay); 1 keeps ``lr`` constant.
+            lr_decay_steps: Learner updates over which the lr falls by the factor ``lr_decay_rate``.
+            lr_warmup_steps: Linear warm-up over this many learner updates, warmup(t) = min(1, (t + 1) / steps).
+            use_q_max: Bootstrap value targets from max_a Q(s, a) of the search (visited root children) instead of
+                the root's visit-averaged value (reference's ``--use_q_max``).
+            send_weights_frequency: Learner updates between weight broadcasts to the env runners.
+            weight_sync_frequency: Env steps sampled between weight broadcasts (0: no minimum); both must be met.
         """
         super().training(**kwargs)
         for name, value in dict(
@@ -235,6 +259,13 @@ class MuZeroConfig(AlgorithmConfig):
             store_buffer_in_checkpoints=store_buffer_in_checkpoints,
             max_nonfinite_updates_in_a_row=max_nonfinite_updates_in_a_row,
             debug=debug,
+            fixed_temperatures=fixed_temperatures,
+            lr_decay_rate=lr_decay_rate,
+            lr_decay_steps=lr_decay_steps,
+            lr_warmup_steps=lr_warmup_steps,
+            use_q_max=use_q_max,
+            send_weights_frequency=send_weights_frequency,
+            weight_sync_frequency=weight_sync_frequency,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -258,6 +289,22 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "replay_capacity", minimum=1)
         _check_int(self, "num_steps_sampled_before_learning_starts", minimum=0)
         _check_int(self, "max_nonfinite_updates_in_a_row", minimum=1)
+        _check_int(self, "lr_decay_steps", minimum=1)
+        _check_int(self, "lr_warmup_steps", minimum=0)
+        _check_int(self, "send_weights_frequency", minimum=1)
+        _check_int(self, "weight_sync_frequency", minimum=0)
+        if not _is_number(self.lr_decay_rate) or not 0.0 < self.lr_decay_rate <= 1.0:
+            _fail("lr_decay_rate", self.lr_decay_rate, "a number in (0, 1] (1 = no decay)")
+        if self.fixed_temperatures is not None:
+            runners = max(self.num_env_runners, 1)
+            if (not isinstance(self.fixed_temperatures, (list, tuple))
+                    or any(not _is_number(t) or t < 0 for t in self.fixed_temperatures)):
+                _fail("fixed_temperatures", self.fixed_temperatures,
+                      "None or a list of numbers >= 0, one per env runner")
+            if len(self.fixed_temperatures) != runners and not self.in_evaluation:
+                _fail("fixed_temperatures", self.fixed_temperatures,
+                      f"one temperature per env runner: {runners} (`num_env_runners`={self.num_env_runners}; "
+                      "the local runner counts as one when there are none)")
         if self.replay_capacity < self.train_batch_size:
             _fail("replay_capacity", self.replay_capacity,
                   f"an integer >= `train_batch_size` ({self.train_batch_size}): the buffer must hold one batch")
@@ -392,6 +439,8 @@ class MuZero(Algorithm):
             self.replays[pid] = self._make_replay(policy)
         self._updates_due = 0.0
         self._nonfinite_in_a_row = 0
+        self._updates_since_sync = 0
+        self._env_steps_since_sync = 0
 
     # ------------------------------------------------------------------ setup helpers
     def _seed_entropy(self, stream: int) -> list[int] | None:
@@ -451,7 +500,7 @@ class MuZero(Algorithm):
         with self._timers["replay_add"]:
             for pid, policy_batch in batch.policy_batches.items():
                 if pid in self.replays:
-                    add_sample_batch_to_replay(self.replays[pid], policy_batch)
+                    add_sample_batch_to_replay(self.replays[pid], policy_batch, use_q_max=self.config.use_q_max)
 
         # --- replay + learn + update priorities
         results: dict[str, Any] = {}
@@ -469,7 +518,10 @@ class MuZero(Algorithm):
             results.setdefault(pid, {"learner_stats": {}})["muzero"] = self._muzero_metrics(
                 pid, batch.policy_batches.get(pid), num_updates, learn_seconds, env_steps)
         # --- sync weights (and learner-update counts, which drive the temperature schedule on the runners)
-        if num_updates:
+        self._updates_since_sync += num_updates
+        self._env_steps_since_sync += env_steps
+        if (self._updates_since_sync >= self.config.send_weights_frequency
+                and self._env_steps_since_sync >= self.config.weight_sync_frequency):
             with self._timers[SYNCH_WORKER_WEIGHTS_TIMER]:
                 self.env_runner_group.sync_weights(
                     policies=to_train,
@@ -480,6 +532,7 @@ class MuZero(Algorithm):
                         },
                     },
                 )
+            self._updates_since_sync = self._env_steps_since_sync = 0
         return results
 
     def _muzero_metrics(self, pid: PolicyID, batch: SampleBatch | None, num_updates: int, learn_seconds: float,
@@ -558,6 +611,8 @@ class MuZero(Algorithm):
             "replay_rng_state": self.replay_rng.bit_generator.state,
             "updates_due": self._updates_due,
             "nonfinite_in_a_row": self._nonfinite_in_a_row,
+            "updates_since_sync": self._updates_since_sync,
+            "env_steps_since_sync": self._env_steps_since_sync,
         }
         return state
 
@@ -577,6 +632,8 @@ class MuZero(Algorithm):
         self.replay_rng.bit_generator.state = extra["replay_rng_state"]
         self._updates_due = extra["updates_due"]
         self._nonfinite_in_a_row = extra.get("nonfinite_in_a_row", 0)
+        self._updates_since_sync = extra.get("updates_since_sync", 0)
+        self._env_steps_since_sync = extra.get("env_steps_since_sync", 0)
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Writes the checkpoint atomically: into a hidden sibling directory first, then renamed into place.
@@ -603,11 +660,13 @@ class MuZero(Algorithm):
             shutil.rmtree(previous, ignore_errors=True)
 
 
-def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch) -> None:
+def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch, *, use_q_max: bool = False) -> None:
     """Adds every episode fragment of an RLlib sample batch to the sequence replay (stitched by episode id).
 
     Multi-agent batches hold several agents per episode: the fragment key combines episode id and agent index.
+    With ``use_q_max`` the stored bootstrap value is max_a Q(s, a) of the search instead of its root value.
     """
+    value_column = columns.SEARCH_Q_MAX if use_q_max else columns.SEARCH_ROOT_VALUE
     for fragment in batch.split_by_episode():
         agent = int(fragment[SampleBatch.AGENT_INDEX][0]) if SampleBatch.AGENT_INDEX in fragment else 0
         replay.add_fragment(
@@ -615,7 +674,7 @@ def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch)
             obs=fragment[SampleBatch.OBS],
             actions=fragment[SampleBatch.ACTIONS],
             rewards=fragment[SampleBatch.REWARDS],
-            root_values=fragment[columns.SEARCH_ROOT_VALUE],
+            root_values=fragment[value_column],
             search_policies=fragment[columns.SEARCH_POLICY],
             terminated=bool(fragment[SampleBatch.TERMINATEDS][-1]),
             truncated=bool(fragment[SampleBatch.TRUNCATEDS][-1]),

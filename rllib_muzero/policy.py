@@ -112,7 +112,18 @@ class MuZeroTorchPolicy(TorchPolicyV2):
 
     # ------------------------------------------------------------------ acting
     def current_temperature(self) -> float:
-        """Visit-softmax temperature for the current number of learner updates (paper Appendix D schedule)."""
+        """Visit-softmax temperature for acting.
+
+        With ``fixed_temperatures`` (one per env runner, reference's per-actor temperatures) runner ``i`` (1-based;
+        the local runner 0 when it samples alone) always uses entry ``i - 1`` (entry 0 for the local runner).
+        Otherwise the schedule ``visit_softmax_temperatures`` over ``visit_softmax_steps`` learner updates applies
+        (paper Appendix D).
+        """
+        fixed = self.config.get("fixed_temperatures")
+        if fixed:
+            # Evaluation runners (their own numbering) clamp into the list.
+            index = min(max(int(self.config.get("worker_index", 0)) - 1, 0), len(fixed) - 1)
+            return float(fixed[index])
         temperatures = self.config["visit_softmax_temperatures"]
         steps = self.config["visit_softmax_steps"]
         index = int(np.searchsorted(np.asarray(steps), self.num_grad_updates, side="right"))
@@ -212,6 +223,18 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         model.tower_stats["muzero_loss_output"] = out
         return out.total
 
+    def current_lr(self) -> float:
+        """Learning rate of the next update, t = learner updates so far (paper pseudocode's ExponentialDecay):
+
+            lr(t) = lr * min(1, (t + 1) / lr_warmup_steps) * lr_decay_rate ^ (t / lr_decay_steps)
+
+        (the warm-up factor is 1 when ``lr_warmup_steps`` is 0; ``lr_decay_rate`` 1 keeps ``lr`` constant).
+        """
+        c = self.config
+        t = self.num_grad_updates
+        warmup = min(1.0, (t + 1) / c["lr_warmup_steps"]) if c["lr_warmup_steps"] else 1.0
+        return float(c["lr"] * warmup * c["lr_decay_rate"] ** (t / c["lr_decay_steps"]))
+
     def learn_on_replay_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """One learner update on a replay batch: loss, backward, clip, step.
 
@@ -225,6 +248,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         skip = (columns.TRAIN_INDICES, columns.TRAIN_GENERATIONS)
         tensors = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k not in skip}
         optimizer = self._optimizers[0]
+        for group in optimizer.param_groups:
+            group["lr"] = self.current_lr()
         optimizer.zero_grad(set_to_none=True)
         total = self.loss(self.model, None, tensors)
         out: LossOutput = self.model.tower_stats["muzero_loss_output"]

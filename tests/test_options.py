@@ -1,0 +1,136 @@
+"""Self-play and training options change behaviour (not only parse): lr schedule, fixed temperatures, use_q_max,
+weight-sync frequency, temperature schedule."""
+
+import numpy as np
+import pytest
+from ray.rllib.policy.sample_batch import SampleBatch
+
+from rllib_muzero import MuZeroConfig, columns
+from rllib_muzero.algorithm import add_sample_batch_to_replay
+from rllib_muzero.replay import SequenceReplayBuffer
+from tests.test_algorithm import tiny_config
+
+
+def _config(**fields):
+    config = MuZeroConfig().environment("CartPole-v1")
+    for key, value in fields.items():
+        setattr(config, key, value)
+    return config
+
+
+@pytest.mark.parametrize("field,value", [
+    ("fixed_temperatures", [1.0, 0.5]),  # 0 runners -> exactly one temperature
+    ("fixed_temperatures", [-1.0]),
+    ("fixed_temperatures", "hot"),
+    ("lr_decay_rate", 0.0),
+    ("lr_decay_rate", 1.5),
+    ("lr_decay_steps", 0),
+    ("lr_warmup_steps", -1),
+    ("send_weights_frequency", 0),
+    ("weight_sync_frequency", -5),
+])
+def test_bad_option_values(field, value):
+    with pytest.raises(ValueError, match=f"`{field}`"):
+        _config(**{field: value}).validate()
+
+
+def test_fixed_temperatures_must_match_the_runner_count():
+    config = _config(fixed_temperatures=[1.0, 0.5, 0.25])
+    config.num_env_runners = 2
+    with pytest.raises(ValueError, match="one temperature per env runner: 2"):
+        config.validate()
+    config.fixed_temperatures = [1.0, 0.5]
+    config.validate()
+
+
+@pytest.mark.integration
+def test_lr_schedule_produces_the_documented_values(ray_session):
+    algo = tiny_config(lr=0.01, lr_decay_rate=0.5, lr_decay_steps=10, lr_warmup_steps=4).build_algo()
+    try:
+        policy = algo.get_policy()
+        expected = {0: 0.01 * 0.25, 1: 0.01 * 0.5 * 0.5 ** 0.1, 3: 0.01 * 0.5 ** 0.3, 10: 0.01 * 0.5, 20: 0.01 * 0.25}
+        for t, lr in expected.items():
+            policy.num_grad_updates = t
+            assert policy.current_lr() == pytest.approx(lr), t
+        # The optimizer really uses it: after an update at t = 20 its lr is the schedule's.
+        batch = None
+        while batch is None:
+            algo.train()
+            if len(algo.replays["default_policy"]) >= 16:
+                batch = algo.replays["default_policy"].sample(16, num_unroll_steps=3, td_steps=5, discount=0.997,
+                                                              rng=np.random.default_rng(0))
+        policy.num_grad_updates = 20
+        stats = policy.learn_on_replay_batch(batch)["learner_stats"]
+        assert stats["cur_lr"] == pytest.approx(0.01 * 0.25)
+        assert policy._optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * 0.25)
+    finally:
+        algo.stop()
+
+
+@pytest.mark.integration
+def test_temperature_schedule_follows_learner_updates(ray_session):
+    algo = tiny_config(visit_softmax_temperatures=[1.0, 0.5, 0.0], visit_softmax_steps=[5, 10]).build_algo()
+    try:
+        policy = algo.get_policy()
+        for t, temperature in [(0, 1.0), (4, 1.0), (5, 0.5), (9, 0.5), (10, 0.0), (1000, 0.0)]:
+            policy.num_grad_updates = t
+            assert policy.current_temperature() == temperature
+    finally:
+        algo.stop()
+
+
+@pytest.mark.integration
+def test_fixed_temperatures_reach_the_right_runners(ray_session):
+    config = (tiny_config(fixed_temperatures=[1.0, 0.25])
+              .env_runners(num_env_runners=2, num_cpus_per_env_runner=0.5)
+              .resources(num_cpus_for_main_process=0.5))
+    algo = config.build_algo()
+    try:
+        temps = algo.env_runner_group.foreach_env_runner(
+            lambda w: (w.worker_index, w.get_policy().current_temperature()), local_env_runner=False)
+        assert sorted(temps) == [(1, 1.0), (2, 0.25)]
+    finally:
+        algo.stop()
+
+
+@pytest.mark.integration
+def test_weights_reach_runners_only_at_the_configured_frequency(ray_session):
+    def runner_weights(algo):
+        return algo.env_runner_group.foreach_env_runner(
+            lambda w: w.get_policy().get_weights(), local_env_runner=False)[0]
+
+    for frequency, expect_synced in [(1, True), (10_000, False)]:
+        config = (tiny_config(send_weights_frequency=frequency, num_steps_sampled_before_learning_starts=16)
+                  .env_runners(num_env_runners=1, num_cpus_per_env_runner=0.5)
+                  .resources(num_cpus_for_main_process=0.5))
+        algo = config.build_algo()
+        try:
+            initial = runner_weights(algo)
+            for _ in range(3):
+                algo.train()
+            assert algo.get_policy().num_grad_updates > 0
+            now = runner_weights(algo)
+            learner = algo.get_policy().get_weights()
+            same_as_learner = all(np.array_equal(now[k], learner[k]) for k in learner)
+            same_as_initial = all(np.array_equal(now[k], initial[k]) for k in initial)
+            assert (same_as_learner, same_as_initial) == (expect_synced, not expect_synced), frequency
+        finally:
+            algo.stop()
+
+
+def test_use_q_max_stores_the_best_child_q_as_bootstrap_value():
+    batch = SampleBatch({
+        SampleBatch.EPS_ID: np.array([3, 3, 3]),
+        SampleBatch.OBS: np.zeros((3, 4), np.float32),
+        SampleBatch.ACTIONS: np.array([0, 1, 0]),
+        SampleBatch.REWARDS: np.ones(3, np.float32),
+        SampleBatch.TERMINATEDS: np.array([False, False, True]),
+        SampleBatch.TRUNCATEDS: np.zeros(3, bool),
+        columns.SEARCH_ROOT_VALUE: np.array([1.0, 2.0, 3.0], np.float32),
+        columns.SEARCH_Q_MAX: np.array([10.0, 20.0, 30.0], np.float32),
+        columns.SEARCH_POLICY: np.full((3, 2), 0.5, np.float32),
+    })
+    for use_q_max, expected in [(False, [1.0, 2.0, 3.0]), (True, [10.0, 20.0, 30.0])]:
+        replay = SequenceReplayBuffer(8, (4,), np.float32, 2)
+        add_sample_batch_to_replay(replay, batch, use_q_max=use_q_max)
+        np.testing.assert_array_equal(replay.get_state()["root_values"][:3], expected)

@@ -447,20 +447,7 @@ class MuZero(Algorithm):
         return None if self.config.seed is None else [int(self.config.seed), 1_000_003, stream]
 
     def _check_env_spaces(self) -> None:
-        """Builds one env locally to check its spaces, so a bad env fails before Ray starts any worker."""
-        config = self.config
-        if config.is_multi_agent or self.env_creator is None:
-            return  # spaces are per policy; each MuZeroTorchPolicy checks its own at build time
-        action_space = config.action_space
-        if action_space is None:
-            env = self.env_creator(EnvContext(config.env_config, worker_index=0, num_workers=0))
-            try:
-                action_space = env.action_space
-            finally:
-                env.close()
-        if not isinstance(action_space, gym.spaces.Discrete):
-            raise ValueError(f"MuZero needs a Discrete action space; env `{config.env}` has {action_space!r}. "
-                             "Wrap the env to discretise its actions first.")
+        check_env_spaces(self.config, self.env_creator)
 
     def _make_replay(self, policy: Policy) -> SequenceReplayBuffer:
         c = self.config
@@ -658,6 +645,29 @@ class MuZero(Algorithm):
             raise
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
+
+
+def check_env_spaces(config: AlgorithmConfig, env_creator: Any = None) -> None:
+    """Builds one env locally to check its action space, so a bad env fails before Ray starts any worker.
+
+    Multi-agent envs are skipped: spaces are per policy and each MuZeroTorchPolicy checks its own at build time.
+    """
+    if config.is_multi_agent:
+        return
+    action_space = config.action_space
+    if action_space is None:
+        if env_creator is None:
+            if config.env is None:
+                return
+            _, env_creator = MuZero._get_env_id_and_creator(config.env, config)
+        env = env_creator(EnvContext(config.env_config, worker_index=0, num_workers=0))
+        try:
+            action_space = env.action_space
+        finally:
+            env.close()
+    if not isinstance(action_space, gym.spaces.Discrete):
+        raise ValueError(f"MuZero needs a Discrete action space; env `{config.env}` has {action_space!r}. "
+                         "Wrap the env to discretise its actions first.")
 
 
 def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch, *, use_q_max: bool = False) -> None:

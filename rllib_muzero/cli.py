@@ -76,8 +76,12 @@ def build_param_space(name: str, spec: dict, overrides: dict | None) -> dict:
     config.update(overrides or {})
     if "env" not in config:
         raise UserError(f"experiment `{name}`: no `env` given (top level or in `config`)")
+    from rllib_muzero.algorithm import check_env_spaces
+
     try:
-        MuZeroConfig().update_from_dict(_first_variant(config)).validate()
+        muzero_config = MuZeroConfig().update_from_dict(_first_variant(config))
+        muzero_config.validate()
+        check_env_spaces(muzero_config)
     except (ValueError, TypeError, KeyError) as e:
         raise UserError(f"experiment `{name}`: {e}") from None
     return config

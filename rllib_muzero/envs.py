@@ -42,6 +42,7 @@ Randomness: :class:`NoopReset` and :class:`AvoidRepeat` draw from the env's own 
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib
 import logging
@@ -180,6 +181,8 @@ def validate_env_options(env: Any, env_config: Mapping[str, Any] | None) -> None
             them when it builds the env (also a ``ValueError``).
         env_config: ``config.env_config``. Keys that are no MuZero option are left alone (the env's own kwargs).
     """
+    if isinstance(env, str):
+        check_env_id(env)
     if env_config is None:
         return
     if not isinstance(env_config, Mapping):
@@ -255,6 +258,22 @@ def _gym_spec(env_id: str) -> gym.envs.registration.EnvSpec | None:
 def _is_gym_id(env_id: str) -> bool:
     """RLlib's rule: a string with a dot is a class path, except gymnasium's ``module.sub:EnvId-v0`` form."""
     return ":" in env_id or "." not in env_id
+
+
+def check_env_id(env_id: str) -> None:
+    """Raises ``ValueError`` for a string env that is neither Tune-registered, a class path, nor a gymnasium id
+    (legacy ids included), with the closest known ids, so a typo fails before any env runner starts."""
+    if _global_registry.contains(ENV_CREATOR, env_id) or not _is_gym_id(env_id):
+        return
+    modern = resolve_env_id(env_id)[0]
+    if _gym_spec(modern) is not None:
+        return
+    known = sorted(gym.registry.keys())
+    close = difflib.get_close_matches(modern, known, n=3)
+    hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    raise ValueError(f"Unknown env `{env_id}`: not registered with Tune (ray.tune.register_env), not a class path "
+                     f"and not a gymnasium id.{hint} Atari ids need `pip install \"rllib-muzero[atari]\"`, "
+                     "LunarLander `pip install \"rllib-muzero[box2d]\"`.")
 
 
 def is_ale_env_id(env_id: str) -> bool | None:

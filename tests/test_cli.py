@@ -84,3 +84,18 @@ def test_tuned_example_runs_one_iteration(example, ray_session, tmp_path):
     assert code == 0
     progress = list(tmp_path.rglob("progress.csv"))
     assert len(progress) == 1 and len(progress[0].read_text().splitlines()) == 2
+
+
+@pytest.mark.integration
+def test_asha_search_example_runs_with_small_budgets(ray_session, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("asha", "tuned_examples/cartpole_asha_search.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    tiny = {k: v for k, v in TINY.items() if k not in ("num_simulations",)}
+    results = module.main(["--num-samples", "2", "--max-iterations", "2", "--storage-path", str(tmp_path),
+                           "--config", json.dumps(tiny)])
+    assert len(results) == 2 and not results.errors
+    searched = {(r.config["lr"], r.config["td_steps"], r.config["num_simulations"]) for r in results}
+    assert len(searched) == 2  # two different points of the search space

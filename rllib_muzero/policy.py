@@ -15,6 +15,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 from ray.rllib.models import ModelCatalog
+from ray.rllib.models.modelv2 import restore_original_dimensions
 from ray.rllib.policy.sample_batch import SampleBatch
 from ray.rllib.policy.torch_policy_v2 import TorchPolicyV2
 from ray.rllib.policy.view_requirement import ViewRequirement
@@ -34,6 +35,27 @@ _OPTIMIZERS = {
     "adam": lambda params, c: torch.optim.Adam(params, lr=c["lr"], weight_decay=c["weight_decay"]),
     "adamw": lambda params, c: torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"]),
 }
+
+
+def split_action_mask_space(observation_space: gym.Space, mask_key: str, num_actions: int
+                            ) -> tuple[str | None, gym.Space]:
+    """``(mask key or None, the space the network sees)`` for a (possibly RLlib-flattened) observation space.
+
+    A Dict observation with ``mask_key`` must hold exactly one other entry (RLlib's convention: "observations") and a
+    mask of shape (num_actions,); anything else is refused with a message.
+    """
+    original = getattr(observation_space, "original_space", observation_space)
+    if not isinstance(original, gym.spaces.Dict) or mask_key not in original.spaces:
+        return None, observation_space
+    mask_space = original.spaces[mask_key]
+    if mask_space.shape != (num_actions,):
+        raise ValueError(f"The action mask `{mask_key}` has shape {mask_space.shape}; expected ({num_actions},): one "
+                         "entry per action of the Discrete action space (1 = legal).")
+    others = [k for k in original.spaces if k != mask_key]
+    if len(others) != 1:
+        raise ValueError(f"A Dict observation with an action mask `{mask_key}` must have exactly one other entry (e.g. "
+                         f"'observations'), got {others}.")
+    return mask_key, original.spaces[others[0]]
 
 
 def select_actions(visit_counts: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
@@ -73,8 +95,10 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             raise ValueError(f"MuZero needs a Discrete action space, got {action_space!r}.")
         self.value_support = DiscreteSupport(*config["value_support"])
         self.reward_support = DiscreteSupport(*config["reward_support"])
+        self.action_mask_key, self.model_observation_space = split_action_mask_space(
+            observation_space, config.get("action_mask_key", "action_mask"), int(action_space.n))
         super().__init__(observation_space, action_space, config, max_seq_len=1)
-        check_muzero_model(self.model, observation_space, action_space)
+        check_muzero_model(self.model, self.model_observation_space, action_space)
         num_actions = int(action_space.n)
         self.view_requirements[columns.SEARCH_ROOT_VALUE] = ViewRequirement(
             space=gym.spaces.Box(-np.inf, np.inf, (), np.float32), used_for_compute_actions=False)
@@ -96,7 +120,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
     # ------------------------------------------------------------------ building
     def make_model(self) -> MuZeroModelV2:
         return ModelCatalog.get_model_v2(
-            obs_space=self.observation_space,
+            obs_space=self.model_observation_space,
             action_space=self.action_space,
             num_outputs=int(self.action_space.n),
             model_config=self.config["model"],
@@ -111,6 +135,19 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         return _OPTIMIZERS[name](self.model.parameters(), self.config)
 
     # ------------------------------------------------------------------ acting
+    def split_observations(self, obs: torch.Tensor) -> tuple[torch.Tensor, np.ndarray | None]:
+        """(model observations, invalid-action mask [B, A] or None) of a batch of (flattened) observations.
+
+        With a Dict observation holding ``action_mask_key`` (RLlib's convention), RLlib flattens it; this restores
+        the parts: the network sees only the other entry, the search gets ``mask == 0`` as illegal root actions.
+        """
+        if self.action_mask_key is None:
+            return obs, None
+        parts = restore_original_dimensions(obs, self.observation_space, "torch")
+        mask = parts[self.action_mask_key].reshape(len(obs), -1)
+        model_obs = next(v for k, v in parts.items() if k != self.action_mask_key)
+        return model_obs, (mask <= 0.5).cpu().numpy()
+
     def current_temperature(self) -> float:
         """Visit-softmax temperature for acting.
 
@@ -144,7 +181,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         ``rng`` supplies the root noise when exploring (default: this policy's own generator).
         """
         self.model.eval()
-        obs_t = torch.as_tensor(np.asarray(obs), device=self.device)
+        obs_t, invalid_actions = self.split_observations(torch.as_tensor(np.asarray(obs), device=self.device))
         root_out = self.model.initial_inference(obs_t)
         root = RootOutput(
             prior_logits=root_out.policy_logits.float().cpu().numpy(),
@@ -175,6 +212,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             rng=self.rng if rng is None else rng,
             unvisited_value=c["unvisited_value"],
             root_counts_as_visit=bool(c["root_counts_as_visit"]),
+            invalid_actions=invalid_actions,
             workspace=self._workspace,
         )
 
@@ -247,6 +285,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self.model.train()
         skip = (columns.TRAIN_INDICES, columns.TRAIN_GENERATIONS)
         tensors = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k not in skip}
+        tensors[columns.TRAIN_OBS] = self.split_observations(tensors[columns.TRAIN_OBS])[0]
         optimizer = self._optimizers[0]
         for group in optimizer.param_groups:
             group["lr"] = self.current_lr()

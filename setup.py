@@ -19,6 +19,7 @@ setup(
         "numpy>=1.24",
         "numba>=0.60",
         "pyyaml>=6",
+        "psutil>=5",
     ],
     extras_require={
         "test": ["pytest>=8", "ruff", "tensorboard", "gymnasium[atari]>=1.0,<1.3", "box2d==2.3.10", "pygame>=2.1.3",

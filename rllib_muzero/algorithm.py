@@ -21,6 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import psutil
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.env.env_context import EnvContext
@@ -435,6 +436,7 @@ class MuZero(Algorithm):
         super().setup(config)
         self.replay_rng = np.random.default_rng(np.random.SeedSequence(self._seed_entropy(stream=1)))
         self.replays: dict[PolicyID, SequenceReplayBuffer] = {}
+        self._check_replay_fits_in_memory()
         for pid, policy in self.env_runner.policy_map.items():
             self.replays[pid] = self._make_replay(policy)
         self._updates_due = 0.0
@@ -449,10 +451,30 @@ class MuZero(Algorithm):
     def _check_env_spaces(self) -> None:
         check_env_spaces(self.config, self.env_creator)
 
-    def _make_replay(self, policy: Policy) -> SequenceReplayBuffer:
+    def _check_replay_fits_in_memory(self) -> None:
+        """Refuses a ``replay_capacity`` whose buffers (one per policy) would not fit in the available memory.
+
+        numpy allocates lazily, so an oversized buffer would only fail hours later while filling; the estimate is
+        measured on a small buffer of the same observation shape and dtype.
+        """
+        probe_capacity = 1024
+        total = 0
+        for policy in self.env_runner.policy_map.values():
+            probe = self._make_replay(policy, capacity=probe_capacity)
+            total += probe.nbytes / probe_capacity * self.config.replay_capacity
+        available = psutil.virtual_memory().available
+        if total > 0.8 * available:
+            raise ValueError(
+                f"Invalid MuZero config `replay_capacity`={self.config.replay_capacity}: the replay would need about "
+                f"{total / 2**30:.1f} GiB ({total / self.config.replay_capacity:.0f} bytes per transition at this "
+                f"observation size), but only {available / 2**30:.1f} GiB of memory is available; expected a capacity "
+                f"below {int(0.8 * available / (total / self.config.replay_capacity)):,}."
+            )
+
+    def _make_replay(self, policy: Policy, capacity: int | None = None) -> SequenceReplayBuffer:
         c = self.config
         return SequenceReplayBuffer(
-            capacity=c.replay_capacity,
+            capacity=capacity or c.replay_capacity,
             obs_shape=policy.observation_space.shape,
             obs_dtype=policy.observation_space.dtype,
             num_actions=int(policy.action_space.n),
@@ -532,6 +554,7 @@ class MuZero(Algorithm):
         metrics: dict[str, Any] = {
             "replay_size": len(replay),
             "replay_capacity": replay.capacity,
+            "replay_bytes": replay.nbytes,
             "replay_num_added": replay.num_added,
             "replay_mean_priority": float(replay.mean_priority) if len(replay) else 0.0,
             "num_updates_this_iter": num_updates,

@@ -142,3 +142,12 @@ def test_image_observations_with_the_fully_connected_network(ray_session):
 def test_continuous_actions_from_python(ray_session):
     with pytest.raises(ValueError, match="Discrete action space"):
         MuZeroConfig().environment("Pendulum-v1").build_algo()
+
+
+@pytest.mark.integration
+def test_replay_that_cannot_fit_in_memory(ray_session):
+    config = MuZeroConfig().environment("CartPole-v1").env_runners(num_env_runners=0, num_envs_per_env_runner=1)
+    config.replay_capacity = 10**12
+    with pytest.raises(ValueError, match="`replay_capacity`.*GiB.*bytes per transition") as err:
+        config.build_algo()
+    assert "\n" not in str(err.value)

@@ -76,14 +76,16 @@ def build_param_space(name: str, spec: dict, overrides: dict | None) -> dict:
     config.update(overrides or {})
     if "env" not in config:
         raise UserError(f"experiment `{name}`: no `env` given (top level or in `config`)")
+    from ray.rllib.utils.error import EnvError
+
     from rllib_muzero.algorithm import check_env_spaces
 
     try:
         muzero_config = MuZeroConfig().update_from_dict(_first_variant(config))
         muzero_config.validate()
         check_env_spaces(muzero_config)
-    except (ValueError, TypeError, KeyError) as e:
-        raise UserError(f"experiment `{name}`: {e}") from None
+    except (ValueError, TypeError, KeyError, EnvError) as e:
+        raise UserError(f"experiment `{name}`: {str(e).strip().splitlines()[0]}") from None
     return config
 
 
@@ -101,6 +103,10 @@ def _parse_json(text: str | None, option: str) -> dict | None:
 
 def train(args: argparse.Namespace) -> int:
     """Runs every experiment of the file through Ray Tune; returns the process exit code."""
+    # Class paths (e.g. `env: examples.custom_env.CorridorEnv`) resolve from the working directory here, as they do
+    # in Ray's workers, which get the driver's working directory on their sys.path.
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     experiments = load_experiments(args.file)
     overrides = _parse_json(args.config, "--config")
     stop_override = _parse_json(args.stop, "--stop")

@@ -11,18 +11,24 @@ defaults, value and reward supports -300..300, AdamW) then runs updates of batch
     out = policy.learn_on_replay_batch(batch)
     replay.update_priorities(batch[TRAIN_INDICES], batch[TRAIN_GENERATIONS], out["priorities"])
 
-The headline (updates/s) times that real path. The breakdown times an inline copy of ``learn_on_replay_batch`` with a
-clock between its phases (checked against the real path: the two totals are printed side by side):
+The headline (updates/s) times that real path, by wall clock and by the CPU time of the (only) working thread
+(``time.thread_time``; one torch thread): on a shared, loaded machine the wall-clock figure drops when other processes
+take the cores, the CPU-time figure much less, so prefer it when comparing runs made under different load. A second,
+interleaved series runs the same real path with the functions it calls wrapped by the thread's CPU clock (no copy of
+the policy's code, so the split cannot drift from it; the wrapping costs well under 1%, and that series' rate is
+printed too), and splits each update into:
 
 - replay sampling: ``replay.sample`` minus target building (stratified draws in the sum tree, chain gathering, IS
   weights, observation gather);
 - target building: :func:`rllib_muzero.targets.make_unroll_targets` (vectorised over the batch);
 - host->device: ``torch.as_tensor`` of the batch (CPU: no copy);
-- forward: :func:`rllib_muzero.losses.muzero_loss` (network unroll, two-hot targets, cross-entropies);
+- forward: the policy's ``loss``, i.e. :func:`rllib_muzero.losses.muzero_loss` (network unroll, two-hot targets,
+  cross-entropies);
 - backward: ``total.backward()``;
-- optimizer: gradient-norm clipping + finiteness check + ``optimizer.step()`` (+ ``zero_grad``);
-- priorities + stats: the learner stats (``float()`` of detached scalars), priorities to numpy,
-  ``replay.update_priorities``.
+- grad clip + optimizer step: ``clip_grad_norm_`` and ``optimizer.step()``;
+- learner other: the rest of ``learn_on_replay_batch`` (learning-rate schedule, ``zero_grad``, finiteness checks,
+  learner stats, priorities to numpy);
+- update_priorities: the replay's priority update.
 
 "outside fwd/bwd" is everything but forward and backward. One thread by default (``--threads``), CPU. Timings on a
 shared machine are noisy: medians over ``--repeats`` rounds of ``--updates`` updates, after ``--warmup`` updates.
@@ -38,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import math
 import os
 import pstats
 import time
@@ -141,81 +146,88 @@ def real_update(policy: Any, replay: Any, args: argparse.Namespace, rng: np.rand
         replay.update_priorities(batch[columns.TRAIN_INDICES], batch[columns.TRAIN_GENERATIONS], out["priorities"])
 
 
+class _PhaseClock:
+    """Times the phases of the REAL update path by wrapping what it calls (no copy of ``learn_on_replay_batch``).
+
+    While active, it wraps ``make_unroll_targets`` in the replay module, ``torch.as_tensor`` (the batch's host->device
+    conversion, the only caller during an update), the policy's ``loss``, ``torch.Tensor.backward``,
+    ``torch.nn.utils.clip_grad_norm_`` and the optimizer's ``step``, each with the thread's CPU clock.
+    """
+
+    def __init__(self, policy: Any) -> None:
+        self.policy = policy
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def _wrap(self, owner: Any, name: str, phase: str) -> None:
+        real = getattr(owner, name)
+        seconds, clock = self.seconds, time.thread_time
+
+        def timed(*a: Any, **kw: Any) -> Any:
+            start = clock()
+            try:
+                return real(*a, **kw)
+            finally:
+                seconds[phase] += clock() - start
+
+        setattr(owner, name, timed)
+        self._undo.append((owner, name, real))
+
+    def __enter__(self) -> _PhaseClock:
+        import rllib_muzero.replay as replay_module
+
+        self._wrap(replay_module, "make_unroll_targets", "target building")
+        self._wrap(torch, "as_tensor", "host->device")
+        self._wrap(self.policy, "loss", "forward (loss)")
+        self._wrap(torch.Tensor, "backward", "backward")
+        self._wrap(torch.nn.utils, "clip_grad_norm_", "grad clip + optimizer step")
+        self._wrap(self.policy._optimizers[0], "step", "grad clip + optimizer step")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for owner, name, real in reversed(self._undo):
+            if owner is self.policy or owner is self.policy._optimizers[0]:
+                delattr(owner, name)  # back to the class's method
+            else:
+                setattr(owner, name, real)
+        self._undo.clear()
+
+
 def timed_update(
-    policy: Any, replay: Any, args: argparse.Namespace, rng: np.random.Generator, seconds: dict[str, float]
+    policy: Any, replay: Any, args: argparse.Namespace, rng: np.random.Generator, clock: _PhaseClock
 ) -> None:
-    """:func:`real_update` with ``learn_on_replay_batch`` inlined and a clock between the phases."""
-    import rllib_muzero.replay as replay_module
+    """:func:`real_update` with the replay call and the learner call timed as wholes (phases inside: ``clock``)."""
     from rllib_muzero import columns
-    from rllib_muzero.losses import LossOutput
 
-    real_targets = replay_module.make_unroll_targets
-    target_seconds = 0.0
+    seconds, now = clock.seconds, time.thread_time
+    t0 = now()
+    batch = replay.sample(
+        args.batch_size, num_unroll_steps=args.unroll, td_steps=args.td_steps, discount=policy.config["gamma"], rng=rng
+    )
+    t1 = now()
+    out = policy.learn_on_replay_batch(batch)
+    t2 = now()
+    if out["finite"]:
+        replay.update_priorities(batch[columns.TRAIN_INDICES], batch[columns.TRAIN_GENERATIONS], out["priorities"])
+    t3 = now()
+    seconds["replay.sample"] += t1 - t0
+    seconds["learn_on_replay_batch"] += t2 - t1
+    seconds["update_priorities"] += t3 - t2
 
-    def targets(*a: Any, **kw: Any) -> Any:
-        nonlocal target_seconds
-        start = time.perf_counter()
-        result = real_targets(*a, **kw)
-        target_seconds += time.perf_counter() - start
-        return result
 
-    clock = time.perf_counter
-    t0 = clock()
-    replay_module.make_unroll_targets = targets
-    try:
-        batch = replay.sample(
-            args.batch_size,
-            num_unroll_steps=args.unroll,
-            td_steps=args.td_steps,
-            discount=policy.config["gamma"],
-            rng=rng,
-        )
-    finally:
-        replay_module.make_unroll_targets = real_targets
-    t1 = clock()
-    # --- policy.learn_on_replay_batch, phase by phase
-    policy.model.train()
-    skip = (columns.TRAIN_INDICES, columns.TRAIN_GENERATIONS)
-    tensors = {k: torch.as_tensor(v, device=policy.device) for k, v in batch.items() if k not in skip}
-    t2 = clock()
-    optimizer = policy._optimizers[0]
-    optimizer.zero_grad(set_to_none=True)
-    total = policy.loss(policy.model, None, tensors)
-    out: LossOutput = policy.model.tower_stats["muzero_loss_output"]
-    t3 = clock()
-    total.backward()
-    t4 = clock()
-    clip = policy.config["grad_clip"]
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.model.parameters(), clip if clip else math.inf)
-    finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm))
-    if finite:
-        optimizer.step()
-    else:
-        optimizer.zero_grad(set_to_none=True)
-    policy.num_grad_updates += 1
-    t5 = clock()
-    stats = {
-        "total_loss": float(total.detach()),
-        "value_loss": float(out.value_loss),
-        "reward_loss": float(out.reward_loss),
-        "policy_loss": float(out.policy_loss),
-        "grad_gnorm": float(grad_norm),
-        "weights_min": float(tensors[columns.TRAIN_WEIGHTS].min()),
-        "weights_max": float(tensors[columns.TRAIN_WEIGHTS].max()),
+def breakdown(seconds: dict[str, float]) -> dict[str, float]:
+    """The phases of the module docstring from :class:`_PhaseClock`'s and :func:`timed_update`'s sums."""
+    inner = ("host->device", "forward (loss)", "backward", "grad clip + optimizer step")
+    return {
+        "replay sampling": seconds["replay.sample"] - seconds["target building"],
+        "target building": seconds["target building"],
+        "host->device": seconds["host->device"],
+        "forward (loss)": seconds["forward (loss)"],
+        "backward": seconds["backward"],
+        "grad clip + optimizer step": seconds["grad clip + optimizer step"],
+        "learner other": seconds["learn_on_replay_batch"] - sum(seconds[k] for k in inner),
+        "update_priorities": seconds["update_priorities"],
     }
-    stats.update(out.stats())
-    priorities = out.priorities.detach().cpu().numpy()
-    # --- back in _learn_once
-    if finite:
-        replay.update_priorities(batch[columns.TRAIN_INDICES], batch[columns.TRAIN_GENERATIONS], priorities)
-    t6 = clock()
-    seconds["replay sampling"] += t1 - t0 - target_seconds
-    seconds["target building"] += target_seconds
-    seconds["host->device"] += t2 - t1
-    seconds["forward (loss)"] += t3 - t2
-    seconds["backward"] += t4 - t3
-    seconds["optimizer"] += t5 - t4
-    seconds["priorities + stats"] += t6 - t5
 
 
 def main() -> None:
@@ -253,37 +265,41 @@ def main() -> None:
         stats.sort_stats("tottime").print_stats(25)
         return
 
-    real_rates, timed_rates = [], []
+    real_rates, cpu_rates, timed_rates = [], [], []
     shares: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.repeats):  # interleaved, so both series see the same machine state
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.thread_time()
         for _ in range(args.updates):
             real_update(policy, replay, args, rng)
         real_rates.append(args.updates / (time.perf_counter() - start))
-        seconds: dict[str, float] = defaultdict(float)
-        start = time.perf_counter()
-        for _ in range(args.updates):
-            timed_update(policy, replay, args, rng, seconds)
-        elapsed = time.perf_counter() - start
+        cpu_rates.append(args.updates / (time.thread_time() - start_cpu))
+        with _PhaseClock(policy) as clock:
+            start = time.thread_time()
+            for _ in range(args.updates):
+                timed_update(policy, replay, args, rng, clock)
+            elapsed = time.thread_time() - start
         timed_rates.append(args.updates / elapsed)
-        for name, value in seconds.items():
+        phases = breakdown(clock.seconds)
+        for name, value in phases.items():
             shares[name].append(value / elapsed)
-        shares["outside fwd/bwd"].append(
-            1.0 - (seconds["forward (loss)"] + seconds["backward"]) / elapsed
-        )
+        shares["outside fwd/bwd"].append(1.0 - (phases["forward (loss)"] + phases["backward"]) / elapsed)
 
     print(
         f"learner, batch {args.batch_size}, K = {args.unroll}, n = {args.td_steps}, replay {len(replay):,} / "
         f"{replay.capacity:,} transitions, {args.threads} thread(s), torch {torch.__version__} "
         f"(setup {setup_s:.1f} s)"
     )
-    print(f"{'updates/s, real path (median)':<34}{np.median(real_rates):>8.1f}   "
-          f"(min {min(real_rates):.1f}, max {max(real_rates):.1f}; {args.repeats} x {args.updates} updates)")
-    print(f"{'updates/s, instrumented copy':<34}{np.median(timed_rates):>8.1f}")
-    print(f"{'ms per update (real path)':<34}{1e3 / np.median(real_rates):>8.2f}")
-    print("share of the instrumented update's wall time (median over rounds):")
+    print(f"{'':<38}{'median':>8}{'min':>8}{'max':>8}   ({args.repeats} rounds x {args.updates} updates)")
+    for name, values in (
+        ("updates/s, real path (wall clock)", real_rates),
+        ("updates/s, real path (thread CPU)", cpu_rates),
+        ("updates/s, instrumented (thread CPU)", timed_rates),
+    ):
+        print(f"{name:<38}{np.median(values):>8.1f}{min(values):>8.1f}{max(values):>8.1f}")
+    print(f"{'ms per update (real path, thread CPU)':<38}{1e3 / np.median(cpu_rates):>8.2f}")
+    print("share of the instrumented update's thread CPU time (median over rounds):")
     for name, values in shares.items():
-        print(f"  {name:<24}{100 * np.median(values):>8.1f} %")
+        print(f"  {name:<28}{100 * np.median(values):>6.1f} %")
 
 
 if __name__ == "__main__":

@@ -115,6 +115,8 @@ def main() -> None:
             arrays = array_bytes(buffer)
             if sum(arrays.values()) != sum(before.values()):
                 raise RuntimeError(f"array memory changed while filling: {before} -> {arrays}")
+            if hasattr(buffer, "nbytes") and buffer.nbytes != sum(arrays.values()):
+                raise RuntimeError(f"buffer.nbytes = {buffer.nbytes} but its arrays hold {sum(arrays.values())} bytes")
             per = sum(arrays.values()) / capacity
             overhead = per - obs_bytes
             ok = "yes" if overhead <= TARGET_OVERHEAD_BYTES else "NO"

@@ -3,11 +3,12 @@
 Builds ``MuZeroConfig().environment("CartPole-v1").env_runners(num_env_runners=0, num_envs_per_env_runner=16,
 rollout_fragment_length=50)`` with the default CartPole network (``muzero_fc`` defaults: hidden 64, one 64-wide layer
 per MLP, value and reward supports -300..300) and 50 simulations, and times ``algo.env_runner.sample()`` (the local
-``RolloutWorker``: env stepping, RLlib's connectors and collectors, ``MuZeroTorchPolicy.compute_actions_from_input_dict``
-with its batched search over the 16 envs). One thread (``torch.set_num_threads(1)``), CPU, exploring (Dirichlet
-noise, temperature 1). The first ``--warmup`` samples are not timed (numba compilation or cache load, allocator,
-workspace). The network is untrained, so CartPole episodes are short and resets frequent: RLlib's per-episode work
-weighs more than it would late in training.
+``RolloutWorker``: env stepping, RLlib's connectors and collectors, and
+``MuZeroTorchPolicy.compute_actions_from_input_dict`` with its batched search over the 16 envs). One thread
+(``torch.set_num_threads(1)``), CPU, exploring (Dirichlet noise, temperature 1). The first ``--warmup`` samples are
+not timed (numba compilation or cache load, allocator, workspace). The network is untrained, so CartPole episodes are
+short and resets frequent: RLlib's per-episode work weighs more than it would late in training. ``--support M``
+replaces both supports by ``(-M, M)`` (CartPole's returns need far fewer than 601 atoms after the transform ``h``).
 
 The figures are medians over ``--repeats`` samples of ``env steps / sample time``, with the sample time measured two
 ways: wall clock, and the CPU time of the sampling thread (``time.thread_time``; with ``num_env_runners=0`` and one
@@ -30,6 +31,7 @@ Reproduce::
 
     python benchmarks/selfplay_speed.py                  # 16 envs, 50 simulations, 7 timed samples
     python benchmarks/selfplay_speed.py --repeats 15 --envs 32
+    python benchmarks/selfplay_speed.py --support 20     # supports (-20, 20): what CartPole's returns need
     python benchmarks/selfplay_speed.py --profile        # cProfile of 4 samples instead of the table
 """
 
@@ -62,7 +64,11 @@ def build_algo(args: argparse.Namespace) -> Any:
             num_envs_per_env_runner=args.envs,
             rollout_fragment_length=args.fragment,
         )
-        .training(num_simulations=args.simulations)
+        .training(
+            num_simulations=args.simulations,
+            value_support=(-args.support, args.support),
+            reward_support=(-args.support, args.support),
+        )
         .debugging(seed=args.seed, log_level="ERROR")
         .reporting(metrics_num_episodes_for_smoothing=1)
     )
@@ -137,6 +143,8 @@ def main() -> None:
     parser.add_argument("--envs", type=int, default=16, help="envs per runner (the search batch)")
     parser.add_argument("--simulations", type=int, default=50)
     parser.add_argument("--fragment", type=int, default=50, help="rollout_fragment_length (steps per env per sample)")
+    parser.add_argument("--support", type=int, default=300, metavar="M",
+                        help="value and reward supports (-M, M); 300 is the default config (601 atoms)")
     parser.add_argument("--repeats", type=int, default=7, help="timed samples (median)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed samples first")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
@@ -193,8 +201,9 @@ def main() -> None:
         ray.shutdown()
 
     print(
-        f"self-play, CartPole-v1, {args.envs} envs/runner, {args.simulations} simulations, {args.threads} thread(s), "
-        f"{steps} env steps per sample, torch {torch.__version__}"
+        f"self-play, CartPole-v1, {args.envs} envs/runner, {args.simulations} simulations, supports "
+        f"[-{args.support}, {args.support}], {args.threads} thread(s), {steps} env steps per sample, "
+        f"torch {torch.__version__}"
     )
     print(f"{'':<30}{'median':>8}{'min':>8}{'max':>8}   ({args.repeats} samples)")
     for name, values in (("env steps/s (wall clock)", rates), ("env steps/s (thread CPU time)", cpu_rates)):

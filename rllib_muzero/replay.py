@@ -10,8 +10,8 @@ visit distribution ``pi_t`` (the paper's indexing, see ``docs/design.md``), plus
 - ``generation``: a per-slot write counter (0 = never written, +1 on every write), so stale episode links and stale
   priority writes (for a slot overwritten since it was sampled) are detected and dropped.
 
-Memory per transition is the observation's own bytes plus at most 64 bytes for up to 18 actions
-(``benchmarks/replay_memory.py``; e.g. 27.5 bytes for CartPole, 59.5 for Atari's 18 actions), from compact dtypes:
+Memory per transition is the observation's own bytes plus at most 64 bytes for up to 18 actions: about 27.5 more
+bytes with 2 actions (CartPole), 59.5 with 18 (Atari); ``benchmarks/replay_memory.py`` measures it. The dtypes:
 
 =====================  ============================  =======================================================
 array                  dtype                         bytes per transition
@@ -28,10 +28,10 @@ priorities (sum tree)  float32 leaves + float64 tree 4 + about 0.5 (one float64 
 
 Search policies are normalised visit distributions, kept in float16 (11 significant bits: each probability is
 rounded to within 2^-11 ~ 5e-4 of itself, relatively, or 3e-8 absolutely below 6e-5) and renormalised to sum to 1
-when read, so a stored ``pi`` reaches the targets within ~1e-3 (relative) of what was added; visit fractions of a
-search with ``N <= 2048`` simulations are multiples of ``1/N``, each within that bound. Priorities are stored in float32 (relative rounding
-6e-8; the sums above them are float64). Generations wrap around after 2^32 - 1 writes of the same slot (skipping 0);
-a stale link or priority write would need to outlive that many rewrites of its slot to be mistaken for a fresh one.
+when read, so a stored ``pi`` reaches the targets within ~1e-3 (relative) of what was added. Priorities are stored in
+float32 (relative rounding 6e-8; the sums above them are float64). Generations wrap around after 2^32 - 1 writes of
+the same slot (skipping 0); a stale link or priority write would need to outlive that many rewrites of its slot to be
+mistaken for a fresh one.
 
 Episodes arrive in fragments, from several env runners, interleaved (RLlib's ``truncate_episodes``). The buffer keeps
 ``episode_id -> (tail slot, tail generation)`` for open episodes; the next fragment of an open episode links the old

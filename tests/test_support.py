@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from rllib_muzero.support import DiscreteSupport, h, h_inverse, scalar_to_support, support_to_scalar
+from rllib_muzero.support import (
+    DiscreteSupport,
+    h,
+    h_inverse,
+    scalar_to_support,
+    scalar_to_two_hot,
+    support_to_scalar,
+    support_to_scalar_numpy,
+)
 
 
 def test_h_matches_formula_at_hand_checked_points():
@@ -140,8 +148,8 @@ def test_discrete_support_is_frozen():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fn", [h, h_inverse])
-def test_numpy_fast_path_matches_the_torch_path(fn, dtype):
-    # Small CPU tensors without gradient take a numpy path; one that requires grad takes the torch path.
+def test_compiled_fast_path_matches_the_torch_path(fn, dtype):
+    # Small CPU tensors without gradient take a numba path; one that requires grad takes the torch path.
     rng = np.random.default_rng(0)
     values = np.concatenate([[0.0, -0.0, 1.0, -1.0], rng.standard_normal(2000) * 10.0 ** rng.integers(-8, 8, 2000)])
     x = torch.tensor(values, dtype=dtype)
@@ -151,6 +159,10 @@ def test_numpy_fast_path_matches_the_torch_path(fn, dtype):
     # Equal up to the last float64 bit (torch's vectorised sqrt is not always correctly rounded).
     torch.testing.assert_close(fast, slow, rtol=1e-14, atol=1e-15)
     assert fn(torch.tensor([0.0], dtype=dtype)).item() == 0.0
+    # Any shape, and non-contiguous inputs.
+    grid = x[: 2000].reshape(40, 50).t()
+    torch.testing.assert_close(fn(grid), fn(grid.clone().requires_grad_(True)).detach(), rtol=1e-14, atol=1e-15)
+    assert torch.isnan(fn(torch.tensor([float("nan")], dtype=dtype))).all()
 
 
 def test_fast_paths_work_in_inference_mode_and_keep_gradients_outside_it():
@@ -165,3 +177,36 @@ def test_fast_paths_work_in_inference_mode_and_keep_gradients_outside_it():
     # Integer and float16 inputs keep their documented output dtypes.
     assert h(torch.tensor([1, 2])).dtype == torch.float32
     assert h_inverse(torch.tensor([1.0], dtype=torch.float16)).dtype == torch.float16
+
+
+def test_sparse_two_hot_matches_the_dense_encoding():
+    support = DiscreteSupport(-5, 5)
+    x = torch.tensor([[-7.0, -5.0, -1.25, 0.0], [0.3, 3.7, 5.0, 9.0]])
+    index, mass = scalar_to_two_hot(x, support)
+    assert index.shape == mass.shape == (2, 4, 2) and index.dtype == torch.int64
+    assert int(index.min()) >= 0 and int(index.max()) <= support.size - 1
+    dense = torch.zeros(2, 4, support.size).scatter_add_(-1, index, mass)
+    torch.testing.assert_close(dense, scalar_to_support(x, support), rtol=0, atol=0)
+    # A cross-entropy read through the indices equals the dense one.
+    logits = torch.randn(2, 4, support.size)
+    log_p = torch.log_softmax(logits, -1)
+    torch.testing.assert_close(-(mass * log_p.gather(-1, index)).sum(-1), -(dense * log_p).sum(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("inverse_transform", [True, False])
+def test_support_to_scalar_numpy_equals_the_tensor_path(dtype, inverse_transform):
+    support = DiscreteSupport(-300, 300)
+    logits = torch.randn(16, support.size, dtype=dtype) * 3.0
+    expected = support_to_scalar(logits, support)
+    if inverse_transform:
+        expected = h_inverse(expected)
+    expected = expected.float().numpy()
+    with torch.inference_mode():
+        got = support_to_scalar_numpy(logits, support, inverse_transform=inverse_transform)
+    assert got.dtype == np.float32 and got.shape == (16,)
+    np.testing.assert_array_equal(got, expected)
+    # Leading dimensions are kept; logits that require grad are detached.
+    grid = logits.reshape(2, 8, support.size).clone().requires_grad_(True)
+    got = support_to_scalar_numpy(grid, support, inverse_transform=inverse_transform)
+    np.testing.assert_array_equal(got, expected.reshape(2, 8))

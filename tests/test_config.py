@@ -4,6 +4,7 @@ import pytest
 
 from rllib_muzero.algorithm import MuZeroConfig
 
+
 def _config(**fields):
     config = MuZeroConfig().environment("CartPole-v1")
     for key, value in fields.items():

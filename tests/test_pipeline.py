@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from ray.rllib.env.multi_agent_env import make_multi_agent
 
-from rllib_muzero import MuZeroConfig, columns
+from rllib_muzero import columns
 from tests.test_algorithm import tiny_config
 
 pytestmark = pytest.mark.integration

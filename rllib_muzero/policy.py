@@ -22,10 +22,11 @@ from ray.rllib.policy.view_requirement import ViewRequirement
 from ray.rllib.utils.typing import AlgorithmConfigDict, TensorType
 
 from rllib_muzero import columns
+from rllib_muzero.acting import search_with_model, to_scalar
 from rllib_muzero.losses import LossOutput, muzero_loss
-from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
+from rllib_muzero.mcts import SearchOutput, SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2, check_muzero_model
-from rllib_muzero.support import DiscreteSupport, support_to_scalar_numpy
+from rllib_muzero.support import DiscreteSupport
 
 _OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
@@ -175,21 +176,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
 
     def to_scalar(self, logits: torch.Tensor, support: DiscreteSupport) -> np.ndarray:
         """Scalar (B,) numpy values of categorical logits (B, S): softmax expectation, then h^-1 if transformed."""
-        return support_to_scalar_numpy(logits, support, inverse_transform=bool(self.config["use_target_transform"]))
+        return to_scalar(logits, support, bool(self.config["use_target_transform"]))
 
-    def reward_and_value(
-        self, reward_logits: torch.Tensor, value_logits: torch.Tensor
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Scalar (B,) reward and value of one recurrent inference. With equal supports (the default) both heads go
-        through one softmax and one h^-1: the search calls this once per simulation on a few rows, where torch's
-        per-operator overhead, not the arithmetic, is the cost."""
-        if self.reward_support != self.value_support:
-            return self.to_scalar(reward_logits, self.reward_support), self.to_scalar(value_logits, self.value_support)
-        both = self.to_scalar(torch.cat([reward_logits, value_logits]), self.value_support)  # (2B,)
-        batch_size = reward_logits.shape[0]
-        return both[:batch_size], both[batch_size:]
-
-    @torch.inference_mode()
     def search(self, obs: np.ndarray, *, explore: bool, num_simulations: int | None = None,
                rng: np.random.Generator | None = None) -> SearchOutput:
         """Runs one batched search from the observations ``obs`` [B, *obs_shape] (paper Appendix B).
@@ -198,42 +186,12 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         """
         self.model.eval()
         obs_t, invalid_actions = self.split_observations(torch.as_tensor(np.asarray(obs), device=self.device))
-        root_out = self.model.initial_inference(obs_t)
-        root = RootOutput(
-            prior_logits=root_out.policy_logits.float().cpu().numpy(),
-            value=self.to_scalar(root_out.value_logits, self.value_support),
-            embedding=root_out.hidden,
-        )
-
-        on_cpu = self.device.type == "cpu"
-
-        def recurrent_fn(embedding: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
-            actions_t = torch.from_numpy(actions) if on_cpu else torch.as_tensor(actions, device=self.device)
-            out = self.model.recurrent_inference(embedding, actions_t)
-            reward, value = self.reward_and_value(out.reward_logits, out.value_logits)
-            return RecurrentOutput(
-                reward=reward,
-                prior_logits=out.policy_logits.float().cpu().numpy(),
-                value=value,
-                embedding=out.hidden,
-            )
-
-        c = self.config
-        return muzero_search(
-            root,
-            recurrent_fn,
-            num_simulations=int(num_simulations or c["num_simulations"]),
-            discount=float(c["gamma"]),
-            pb_c_init=float(c["pb_c_init"]),
-            pb_c_base=float(c["pb_c_base"]),
-            add_exploration_noise=explore,
-            root_dirichlet_alpha=float(c["root_dirichlet_alpha"]),
-            root_exploration_fraction=float(c["root_exploration_fraction"]),
-            rng=self.rng if rng is None else rng,
-            unvisited_value=c["unvisited_value"],
-            root_counts_as_visit=bool(c["root_counts_as_visit"]),
-            invalid_actions=invalid_actions,
-            workspace=self._workspace,
+        return search_with_model(
+            self.model, obs_t, self.config,
+            value_support=self.value_support, reward_support=self.reward_support,
+            use_target_transform=bool(self.config["use_target_transform"]),
+            explore=explore, rng=self.rng if rng is None else rng, invalid_actions=invalid_actions,
+            workspace=self._workspace, num_simulations=num_simulations,
         )
 
     def compute_actions_from_input_dict(

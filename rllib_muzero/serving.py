@@ -39,17 +39,16 @@ import numpy as np
 import torch
 from ray.rllib.models.preprocessors import NoPreprocessor, Preprocessor, get_preprocessor
 
-from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
+from rllib_muzero.acting import SEARCH_KEYS, search_with_model
+from rllib_muzero.mcts import SearchOutput, SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2
-from rllib_muzero.support import DiscreteSupport, h_inverse, support_to_scalar
+from rllib_muzero.support import DiscreteSupport
 
 __all__ = ["SERVING_FORMAT", "SERVING_FORMAT_VERSION", "ServingAgent", "export_for_serving"]
 
 SERVING_FORMAT = "rllib-muzero-serving"  # the "format" entry of an exported file
 SERVING_FORMAT_VERSION = 1  # bump (and read older versions) when the layout of the file changes
 
-_SEARCH_KEYS = ("num_simulations", "gamma", "pb_c_init", "pb_c_base", "unvisited_value", "root_counts_as_visit",
-                "root_dirichlet_alpha", "root_exploration_fraction")
 
 
 # ---------------------------------------------------------------------------------------------------- export
@@ -99,7 +98,7 @@ def export_for_serving(algo_or_policy: Any, path: str | os.PathLike, *, policy_i
         "value_support": [int(v) for v in config["value_support"]],
         "reward_support": [int(v) for v in config["reward_support"]],
         "use_target_transform": bool(config["use_target_transform"]),
-        "search": _plain({key: config[key] for key in _SEARCH_KEYS}, "search config"),
+        "search": _plain({key: config[key] for key in SEARCH_KEYS}, "search config"),
     }
     state_dict = {name: tensor.detach().cpu().clone() for name, tensor in model.state_dict().items()}
     path = os.fspath(path)
@@ -252,44 +251,14 @@ class ServingAgent:
             obs = self.preprocessor.transform(obs)
         return np.asarray(obs)
 
-    def _scalar(self, logits: torch.Tensor, support: DiscreteSupport) -> np.ndarray:
-        value = support_to_scalar(logits, support)
-        if self.use_target_transform:
-            value = h_inverse(value)
-        return value.float().cpu().numpy()
-
-    @torch.inference_mode()
     def search(self, obs_batch: np.ndarray, *, num_simulations: int | None = None) -> SearchOutput:
         """One greedy (noise-free) batched search from preprocessed observations ``[B, *obs_shape]``."""
         obs_t = torch.as_tensor(np.asarray(obs_batch), device=self.device)
-        root_out = self.model.initial_inference(obs_t)
-        root = RootOutput(
-            prior_logits=root_out.policy_logits.float().cpu().numpy(),
-            value=self._scalar(root_out.value_logits, self.value_support),
-            embedding=root_out.hidden,
-        )
-
-        def recurrent_fn(embedding: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
-            out = self.model.recurrent_inference(embedding, torch.as_tensor(actions, device=self.device))
-            return RecurrentOutput(
-                reward=self._scalar(out.reward_logits, self.reward_support),
-                prior_logits=out.policy_logits.float().cpu().numpy(),
-                value=self._scalar(out.value_logits, self.value_support),
-                embedding=out.hidden,
-            )
-
-        c = self.search_config
-        return muzero_search(
-            root,
-            recurrent_fn,
-            num_simulations=int(num_simulations or c["num_simulations"]),
-            discount=float(c["gamma"]),
-            pb_c_init=float(c["pb_c_init"]),
-            pb_c_base=float(c["pb_c_base"]),
-            add_exploration_noise=False,
-            unvisited_value=c["unvisited_value"],
-            root_counts_as_visit=bool(c["root_counts_as_visit"]),
-            workspace=self._workspace,
+        return search_with_model(
+            self.model, obs_t, self.search_config,
+            value_support=self.value_support, reward_support=self.reward_support,
+            use_target_transform=self.use_target_transform, explore=False, rng=None,
+            workspace=self._workspace, num_simulations=num_simulations,
         )
 
     def act_batch(self, observations: Any) -> np.ndarray:

@@ -1,0 +1,101 @@
+"""Searching with a network: the glue between a MuZero network and :func:`rllib_muzero.mcts.muzero_search`.
+
+Turns the network's categorical outputs into the search's plain scalar arrays (softmax expectation over the support,
+then h^-1 when targets are transformed, paper Appendix F) and runs one batched search (paper Appendix B). No Ray:
+the RLlib policy, the serving agent and a future RLModule port all act through :func:`search_with_model`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+
+from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
+from rllib_muzero.support import DiscreteSupport, support_to_scalar_numpy
+
+# The config keys the search reads (MuZeroConfig names).
+SEARCH_KEYS = ("num_simulations", "gamma", "pb_c_init", "pb_c_base", "unvisited_value", "root_counts_as_visit",
+               "root_dirichlet_alpha", "root_exploration_fraction")
+
+
+def to_scalar(logits: torch.Tensor, support: DiscreteSupport, use_target_transform: bool) -> np.ndarray:
+    """Scalar (B,) numpy values of categorical logits (B, S): softmax expectation, then h^-1 if transformed."""
+    return support_to_scalar_numpy(logits, support, inverse_transform=use_target_transform)
+
+
+def reward_and_value(reward_logits: torch.Tensor, value_logits: torch.Tensor, reward_support: DiscreteSupport,
+                     value_support: DiscreteSupport, use_target_transform: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scalar (B,) reward and value of one recurrent inference.
+
+    With equal supports (the default) both heads go through one softmax and one h^-1: the search calls this once per
+    simulation on a few rows, where torch's per-operator overhead, not the arithmetic, is the cost.
+    """
+    if reward_support != value_support:
+        return (to_scalar(reward_logits, reward_support, use_target_transform),
+                to_scalar(value_logits, value_support, use_target_transform))
+    both = to_scalar(torch.cat([reward_logits, value_logits]), value_support, use_target_transform)  # (2B,)
+    batch_size = reward_logits.shape[0]
+    return both[:batch_size], both[batch_size:]
+
+
+@torch.inference_mode()
+def search_with_model(
+    model: Any,
+    obs: torch.Tensor,
+    config: Mapping[str, Any],
+    *,
+    value_support: DiscreteSupport,
+    reward_support: DiscreteSupport,
+    use_target_transform: bool,
+    explore: bool,
+    rng: np.random.Generator | None,
+    invalid_actions: np.ndarray | None = None,
+    workspace: SearchWorkspace | None = None,
+    num_simulations: int | None = None,
+) -> SearchOutput:
+    """One batched search from the model observations ``obs`` [B, *obs_shape] (already on the model's device).
+
+    Args:
+        model: anything with ``initial_inference(obs)`` / ``recurrent_inference(hidden, action)`` returning
+            :class:`~rllib_muzero.models.NetworkOutput` (the :class:`~rllib_muzero.models.MuZeroModelV2` interface).
+        config: the search's hyperparameters under :data:`SEARCH_KEYS` (MuZeroConfig names).
+        explore: add Dirichlet noise at the root (drawn from ``rng``).
+        invalid_actions: [B, A] bool, True where a root action is illegal.
+        num_simulations: overrides ``config["num_simulations"]``.
+    """
+    root_out = model.initial_inference(obs)
+    root = RootOutput(
+        prior_logits=root_out.policy_logits.float().cpu().numpy(),
+        value=to_scalar(root_out.value_logits, value_support, use_target_transform),
+        embedding=root_out.hidden,
+    )
+    device = obs.device
+    on_cpu = device.type == "cpu"
+
+    def recurrent_fn(embedding: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
+        actions_t = torch.from_numpy(actions) if on_cpu else torch.as_tensor(actions, device=device)
+        out = model.recurrent_inference(embedding, actions_t)
+        reward, value = reward_and_value(out.reward_logits, out.value_logits, reward_support, value_support,
+                                         use_target_transform)
+        return RecurrentOutput(reward=reward, prior_logits=out.policy_logits.float().cpu().numpy(), value=value,
+                               embedding=out.hidden)
+
+    return muzero_search(
+        root,
+        recurrent_fn,
+        num_simulations=int(num_simulations or config["num_simulations"]),
+        discount=float(config["gamma"]),
+        pb_c_init=float(config["pb_c_init"]),
+        pb_c_base=float(config["pb_c_base"]),
+        add_exploration_noise=explore,
+        root_dirichlet_alpha=float(config["root_dirichlet_alpha"]),
+        root_exploration_fraction=float(config["root_exploration_fraction"]),
+        rng=rng,
+        unvisited_value=config["unvisited_value"],
+        root_counts_as_visit=bool(config["root_counts_as_visit"]),
+        invalid_actions=invalid_actions,
+        workspace=workspace,
+    )

@@ -103,8 +103,8 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     import gymnasium as gym
 
     from rllib_muzero import MuZeroConfig
+    from rllib_muzero.algorithm import make_replay
     from rllib_muzero.policy import MuZeroTorchPolicy
-    from rllib_muzero.replay import SequenceReplayBuffer
 
     config = (
         MuZeroConfig()
@@ -119,17 +119,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     )
     env = gym.make("CartPole-v1")
     policy = MuZeroTorchPolicy(env.observation_space, env.action_space, config.to_dict())
-    c = config
-    replay = SequenceReplayBuffer(
-        capacity=c.replay_capacity,
-        obs_shape=env.observation_space.shape,
-        obs_dtype=env.observation_space.dtype,
-        num_actions=int(env.action_space.n),
-        alpha=c.prioritized_replay_alpha,
-        beta=c.prioritized_replay_beta,
-        beta_increment_per_sampling=c.beta_increment_per_sampling,
-        epsilon=c.prioritized_replay_eps,
-    )
+    replay = make_replay(config, env.observation_space, env.action_space)
     fill_replay(replay, args.fill or args.capacity, num_envs=16, fragment=50, seed=args.seed)
     return policy, replay
 

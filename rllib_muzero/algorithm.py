@@ -472,17 +472,7 @@ class MuZero(Algorithm):
             )
 
     def _make_replay(self, policy: Policy, capacity: int | None = None) -> SequenceReplayBuffer:
-        c = self.config
-        return SequenceReplayBuffer(
-            capacity=capacity or c.replay_capacity,
-            obs_shape=policy.observation_space.shape,
-            obs_dtype=policy.observation_space.dtype,
-            num_actions=int(policy.action_space.n),
-            alpha=c.prioritized_replay_alpha,
-            beta=c.prioritized_replay_beta,
-            beta_increment_per_sampling=c.beta_increment_per_sampling,
-            epsilon=c.prioritized_replay_eps,
-        )
+        return make_replay(self.config, policy.observation_space, policy.action_space, capacity)
 
     # ------------------------------------------------------------------ the loop
     def training_step(self) -> dict:
@@ -668,6 +658,21 @@ class MuZero(Algorithm):
             raise
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
+
+
+def make_replay(config: MuZeroConfig, observation_space: gym.Space, action_space: gym.Space,
+                capacity: int | None = None) -> SequenceReplayBuffer:
+    """The sequence replay buffer a policy with these spaces gets under ``config`` (``replay_capacity`` by default)."""
+    return SequenceReplayBuffer(
+        capacity=capacity or config.replay_capacity,
+        obs_shape=observation_space.shape,
+        obs_dtype=observation_space.dtype,
+        num_actions=int(action_space.n),
+        alpha=config.prioritized_replay_alpha,
+        beta=config.prioritized_replay_beta,
+        beta_increment_per_sampling=config.beta_increment_per_sampling,
+        epsilon=config.prioritized_replay_eps,
+    )
 
 
 def check_env_spaces(config: AlgorithmConfig, env_creator: Any = None) -> None:

@@ -562,18 +562,6 @@ def _drop_frames(games: Sequence[GameTrace]) -> None:
 # The command line (called by rllib_muzero.cli with the parsed arguments).
 
 
-def _parse_env_config(text: str | None) -> dict | None:
-    if text is None:
-        return None
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise EvaluationError(f"--env-config is not valid JSON ({e.msg}): {text}") from None
-    if not isinstance(value, dict):
-        raise EvaluationError(f"--env-config must be a JSON object, got {text}")
-    return value
-
-
 def _require_module(module: str, flag: str) -> None:
     try:
         importlib.import_module(module)
@@ -598,7 +586,9 @@ def run_command(args: Any, out: Any = None) -> int:
         raise EvaluationError(f"--sleep must be >= 0 seconds, got {args.sleep}")
     if args.sleep and not (args.render or args.save_gif_as):
         raise EvaluationError("--sleep sets the frame duration of rendered games: add --render or --save-gif-as")
-    env_config = _parse_env_config(args.env_config)
+    from rllib_muzero.cli import _parse_json  # the command's own JSON-option parser
+
+    env_config = _parse_json(args.env_config, "--env-config")
     gif_name = args.save_gif_as or ("render" if args.render else None)
     save_mcts_after = args.save_mcts_after_step if args.save_mcts_after_step is not None else (
         0 if args.save_mcts else None)

@@ -552,6 +552,7 @@ class MuZero(Algorithm):
             "env_steps_per_s": env_steps / sample_seconds if sample_seconds > 0 else 0.0,
             "replay_ratio": self._counters[NUM_ENV_STEPS_TRAINED] / sampled_total,
             "temperature": policy.current_temperature(),
+            **self._runner_temperatures(pid),
             "num_nonfinite_updates": policy.num_nonfinite_updates,
         }
         if batch is not None and len(batch):
@@ -559,6 +560,16 @@ class MuZero(Algorithm):
         if self.config.debug:
             metrics["histograms"] = parameter_histograms(policy.model.named_parameters())
         return metrics
+
+    def _runner_temperatures(self, pid: PolicyID) -> dict[str, float]:
+        """``temperature_runner_<i>``: the acting temperature each env runner's policy uses now (asked of the
+        runners themselves; runner 0 is the local one, which samples only when there are no remote runners)."""
+        if self.env_runner_group.num_remote_env_runners() == 0:
+            return {"temperature_runner_0": self.get_policy(pid).current_temperature()}
+        temperatures = self.env_runner_group.foreach_env_runner(
+            lambda runner: (runner.worker_index, runner.get_policy(pid).current_temperature()),
+            local_env_runner=False)
+        return {f"temperature_runner_{index}": temperature for index, temperature in temperatures}
 
     def _num_updates_due(self, new_env_steps: int) -> int:
         """Learner updates owed for ``new_env_steps``: ``training_intensity`` replayed positions per env step."""

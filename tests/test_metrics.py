@@ -51,7 +51,8 @@ def test_metrics_arrive_in_tensorboard_event_files(ray_session, tmp_path):
                  "learner_stats/policy_loss", "learner_stats/cur_lr", "learner_stats/grad_gnorm",
                  "learner_stats/weights_min", "learner_stats/weights_max", "muzero/replay_size",
                  "muzero/replay_mean_priority", "muzero/learner_updates_per_s", "muzero/env_steps_per_s",
-                 "muzero/replay_ratio", "muzero/temperature", "muzero/root_value_mean", "muzero/root_value_max",
+                 "muzero/replay_ratio", "muzero/temperature",
+                 "muzero/temperature_runner_0", "muzero/root_value_mean", "muzero/root_value_max",
                  "muzero/value_error_terminated", "muzero/search_depth_mean"]:
         assert PREFIX + name in scalars, name
     assert "ray/tune/env_runners/episode_return_mean" in scalars

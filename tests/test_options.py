@@ -73,6 +73,8 @@ def test_fixed_temperatures_reach_the_right_runners(ray_session):
         temps = algo.env_runner_group.foreach_env_runner(
             lambda w: (w.worker_index, w.get_policy().current_temperature()), local_env_runner=False)
         assert sorted(temps) == [(1, 1.0), (2, 0.25)]
+        metrics = algo._muzero_metrics("default_policy", None, 0, 0.0, 0)
+        assert (metrics["temperature_runner_1"], metrics["temperature_runner_2"]) == (1.0, 0.25)
     finally:
         algo.stop()
 

@@ -5,7 +5,8 @@ import pytest
 from rllib_muzero.algorithm import MuZeroConfig
 
 
-def _config(**fields):
+def cartpole_config(**fields) -> MuZeroConfig:
+    """A CartPole MuZeroConfig with ``fields`` set as attributes (as a YAML/dict would set them)."""
     config = MuZeroConfig().environment("CartPole-v1")
     for key, value in fields.items():
         setattr(config, key, value)
@@ -13,23 +14,23 @@ def _config(**fields):
 
 
 def test_defaults_validate():
-    _config().validate()
+    cartpole_config().validate()
 
 
 def test_greedy_temperature_zero_is_accepted():
-    _config(visit_softmax_temperatures=[1.0, 0.0], visit_softmax_steps=[10]).validate()
+    cartpole_config(visit_softmax_temperatures=[1.0, 0.0], visit_softmax_steps=[10]).validate()
 
 
 def test_temperature_steps_must_match_temperatures():
     with pytest.raises(ValueError, match="`visit_softmax_steps`"):
-        _config(visit_softmax_temperatures=[1.0, 0.5], visit_softmax_steps=[]).validate()
+        cartpole_config(visit_softmax_temperatures=[1.0, 0.5], visit_softmax_steps=[]).validate()
     with pytest.raises(ValueError, match="`visit_softmax_steps`"):
-        _config(visit_softmax_temperatures=[1.0, 0.5, 0.25], visit_softmax_steps=[20, 10]).validate()
+        cartpole_config(visit_softmax_temperatures=[1.0, 0.5, 0.25], visit_softmax_steps=[20, 10]).validate()
 
 
 def test_replay_capacity_must_hold_a_batch():
     with pytest.raises(ValueError, match="`replay_capacity`.*train_batch_size"):
-        _config(replay_capacity=64, train_batch_size=128).validate()
+        cartpole_config(replay_capacity=64, train_batch_size=128).validate()
 
 
 def test_unknown_key_from_a_dict_is_refused_with_a_suggestion():

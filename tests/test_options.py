@@ -5,21 +5,15 @@ import numpy as np
 import pytest
 from ray.rllib.policy.sample_batch import SampleBatch
 
-from rllib_muzero import MuZeroConfig, columns
+from rllib_muzero import columns
 from rllib_muzero.algorithm import add_sample_batch_to_replay
 from rllib_muzero.replay import SequenceReplayBuffer
 from tests.test_algorithm import tiny_config
-
-
-def _config(**fields):
-    config = MuZeroConfig().environment("CartPole-v1")
-    for key, value in fields.items():
-        setattr(config, key, value)
-    return config
+from tests.test_config import cartpole_config
 
 
 def test_fixed_temperatures_must_match_the_runner_count():
-    config = _config(fixed_temperatures=[1.0, 0.5, 0.25])
+    config = cartpole_config(fixed_temperatures=[1.0, 0.5, 0.25])
     config.num_env_runners = 2
     with pytest.raises(ValueError, match="one temperature per env runner: 2"):
         config.validate()

@@ -21,13 +21,32 @@ SEARCH_KEYS = ("num_simulations", "gamma", "pb_c_init", "pb_c_base", "unvisited_
                "root_dirichlet_alpha", "root_exploration_fraction")
 
 
-def to_scalar(logits: torch.Tensor, support: DiscreteSupport, use_target_transform: bool) -> np.ndarray:
-    """Scalar (B,) numpy values of categorical logits (B, S): softmax expectation, then h^-1 if transformed."""
+def make_supports(config: Mapping[str, Any]) -> tuple[DiscreteSupport | None, DiscreteSupport | None]:
+    """``(value_support, reward_support)`` of a MuZeroConfig dict: ``None`` for scalar heads (``no_support``)."""
+    if config.get("no_support", False):
+        return None, None
+    return DiscreteSupport(*config["value_support"]), DiscreteSupport(*config["reward_support"])
+
+
+def support_from_plain(bounds: Any) -> DiscreteSupport | None:
+    """A support saved as ``[min, max]`` (``None``: a scalar head)."""
+    return None if bounds is None else DiscreteSupport(*bounds)
+
+
+def to_scalar(logits: torch.Tensor, support: DiscreteSupport | None, use_target_transform: bool) -> np.ndarray:
+    """Scalar (B,) numpy values of categorical logits (B, S): softmax expectation, then h^-1 if transformed.
+
+    ``support=None``: a scalar head, logits (B, 1); its output (after h^-1 if transformed) is the value."""
     return support_to_scalar_numpy(logits, support, inverse_transform=use_target_transform)
 
 
-def reward_and_value(reward_logits: torch.Tensor, value_logits: torch.Tensor, reward_support: DiscreteSupport,
-                     value_support: DiscreteSupport, use_target_transform: bool) -> tuple[np.ndarray, np.ndarray]:
+def reward_and_value(
+    reward_logits: torch.Tensor,
+    value_logits: torch.Tensor,
+    reward_support: DiscreteSupport | None,
+    value_support: DiscreteSupport | None,
+    use_target_transform: bool,
+) -> tuple[np.ndarray, np.ndarray]:
     """Scalar (B,) reward and value of one recurrent inference.
 
     With equal supports (the default) both heads go through one softmax and one h^-1: the search calls this once per
@@ -47,8 +66,8 @@ def search_with_model(
     obs: torch.Tensor,
     config: Mapping[str, Any],
     *,
-    value_support: DiscreteSupport,
-    reward_support: DiscreteSupport,
+    value_support: DiscreteSupport | None,
+    reward_support: DiscreteSupport | None,
     use_target_transform: bool,
     explore: bool,
     rng: np.random.Generator | None,

@@ -42,6 +42,7 @@ from ray.rllib.utils.typing import PolicyID
 
 from rllib_muzero import columns
 from rllib_muzero.envs import make_env_creator, validate_env_options
+from rllib_muzero.losses import SCALAR_LOSSES
 from rllib_muzero.mcts import UNVISITED_VALUE_MODES
 from rllib_muzero.metrics import parameter_histograms, search_statistics
 from rllib_muzero.models import DEFAULT_MODEL_NAME
@@ -110,6 +111,8 @@ class MuZeroConfig(AlgorithmConfig):
         self.value_support: tuple[int, int] = (-300, 300)
         self.reward_support: tuple[int, int] = (-300, 300)
         self.use_target_transform = True
+        self.no_support = False
+        self.scalar_loss = "mse"
         self.value_loss_weight = 1.0
         self.reward_loss_weight = 1.0
         self.policy_loss_weight = 1.0
@@ -123,6 +126,7 @@ class MuZeroConfig(AlgorithmConfig):
 
         # --- Prioritized sequence replay (paper Appendix G; Schaul et al. 2016) ---
         self.replay_capacity = 100_000
+        self.replay_window_step: int | None = None
         self.prioritized_replay_alpha = 1.0
         self.prioritized_replay_beta = 1.0
         self.beta_increment_per_sampling = 0.001
@@ -153,6 +157,8 @@ class MuZeroConfig(AlgorithmConfig):
         value_support: Sequence[int] | None = NotProvided,
         reward_support: Sequence[int] | None = NotProvided,
         use_target_transform: bool | None = NotProvided,
+        no_support: bool | None = NotProvided,
+        scalar_loss: str | None = NotProvided,
         value_loss_weight: float | None = NotProvided,
         reward_loss_weight: float | None = NotProvided,
         policy_loss_weight: float | None = NotProvided,
@@ -160,6 +166,7 @@ class MuZeroConfig(AlgorithmConfig):
         momentum: float | None = NotProvided,
         weight_decay: float | None = NotProvided,
         replay_capacity: int | None = NotProvided,
+        replay_window_step: int | None = NotProvided,
         prioritized_replay_alpha: float | None = NotProvided,
         prioritized_replay_beta: float | None = NotProvided,
         beta_increment_per_sampling: float | None = NotProvided,
@@ -198,6 +205,10 @@ class MuZeroConfig(AlgorithmConfig):
             value_support: (min, max) integer atoms of the categorical value head (paper: -300..300).
             reward_support: (min, max) integer atoms of the categorical reward head.
             use_target_transform: Apply h(x) = sign(x)(sqrt(|x|+1)-1)+0.001x to value/reward targets (Appendix F).
+            no_support: Scalar value and reward heads (one output each) trained with ``scalar_loss`` instead of
+                categorical heads over ``value_support`` / ``reward_support`` (reference's ``--no_support``). The
+                target transform still applies (the heads predict h(x) and the search reads h^-1 of them).
+            scalar_loss: Loss of scalar heads: "mse" (squared error) or "huber" (delta 1). Only with ``no_support``.
             value_loss_weight: Scale of the value loss (eq. 1 has 1; the paper's Reanalyse runs use 0.25).
             reward_loss_weight: Scale of the reward loss.
             policy_loss_weight: Scale of the policy loss.
@@ -205,6 +216,9 @@ class MuZeroConfig(AlgorithmConfig):
             momentum: Momentum for "sgd" and "rmsprop" (paper: 0.9).
             weight_decay: L2 / decoupled weight decay (paper: 1e-4).
             replay_capacity: Transitions kept in the replay buffer; the oldest are evicted first.
+            replay_window_step: None, or grow the replay window over training (reference's ``--window_step``): the
+                buffer starts as a ring of this many transitions and grows by it each time the ring wraps around,
+                up to ``replay_capacity``.
             prioritized_replay_alpha: Priority exponent alpha, P(i) = p_i^alpha / sum_k p_k^alpha (paper: 1).
             prioritized_replay_beta: Initial importance-sampling exponent beta (paper: 1).
             beta_increment_per_sampling: Added to beta on every replay sample, up to 1.
@@ -244,6 +258,8 @@ class MuZeroConfig(AlgorithmConfig):
             value_support=value_support,
             reward_support=reward_support,
             use_target_transform=use_target_transform,
+            no_support=no_support,
+            scalar_loss=scalar_loss,
             value_loss_weight=value_loss_weight,
             reward_loss_weight=reward_loss_weight,
             policy_loss_weight=policy_loss_weight,
@@ -251,6 +267,7 @@ class MuZeroConfig(AlgorithmConfig):
             momentum=momentum,
             weight_decay=weight_decay,
             replay_capacity=replay_capacity,
+            replay_window_step=replay_window_step,
             prioritized_replay_alpha=prioritized_replay_alpha,
             prioritized_replay_beta=prioritized_replay_beta,
             beta_increment_per_sampling=beta_increment_per_sampling,
@@ -306,6 +323,16 @@ class MuZeroConfig(AlgorithmConfig):
                 _fail("fixed_temperatures", self.fixed_temperatures,
                       f"one temperature per env runner: {runners} (`num_env_runners`={self.num_env_runners}; "
                       "the local runner counts as one when there are none)")
+        if self.replay_window_step is not None and (
+            not isinstance(self.replay_window_step, int) or isinstance(self.replay_window_step, bool)
+            or not 1 <= self.replay_window_step <= self.replay_capacity
+        ):
+            _fail("replay_window_step", self.replay_window_step,
+                  f"None or an integer in [1, `replay_capacity`={self.replay_capacity}]")
+        if not isinstance(self.no_support, bool):
+            _fail("no_support", self.no_support, "True or False")
+        if self.scalar_loss not in SCALAR_LOSSES:
+            _fail("scalar_loss", self.scalar_loss, f"one of {sorted(SCALAR_LOSSES)}")
         if self.replay_capacity < self.train_batch_size:
             _fail("replay_capacity", self.replay_capacity,
                   f"an integer >= `train_batch_size` ({self.train_batch_size}): the buffer must hold one batch")
@@ -544,6 +571,7 @@ class MuZero(Algorithm):
         metrics: dict[str, Any] = {
             "replay_size": len(replay),
             "replay_capacity": replay.capacity,
+            "replay_window": replay.window,
             "replay_bytes": replay.nbytes,
             "replay_num_added": replay.num_added,
             "replay_mean_priority": float(replay.mean_priority) if len(replay) else 0.0,
@@ -674,8 +702,10 @@ class MuZero(Algorithm):
 def make_replay(config: MuZeroConfig, observation_space: gym.Space, action_space: gym.Space,
                 capacity: int | None = None) -> SequenceReplayBuffer:
     """The sequence replay buffer a policy with these spaces gets under ``config`` (``replay_capacity`` by default)."""
+    capacity = capacity or config.replay_capacity
+    window_step = config.replay_window_step
     return SequenceReplayBuffer(
-        capacity=capacity or config.replay_capacity,
+        capacity=capacity,
         obs_shape=observation_space.shape,
         obs_dtype=observation_space.dtype,
         num_actions=int(action_space.n),
@@ -683,6 +713,7 @@ def make_replay(config: MuZeroConfig, observation_space: gym.Space, action_space
         beta=config.prioritized_replay_beta,
         beta_increment_per_sampling=config.beta_increment_per_sampling,
         epsilon=config.prioritized_replay_eps,
+        window_step=None if window_step is None else min(window_step, capacity),
     )
 
 

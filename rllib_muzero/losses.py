@@ -15,6 +15,11 @@ and every step is matched with its targets (paper eq. (1)):
   (:func:`~rllib_muzero.support.scalar_to_two_hot`: two atom indices and masses), so the cross-entropy reads two
   log-probabilities per row instead of multiplying a dense ``(B, K+1, S)`` target: same value and gradient, ~8% less
   forward + backward time at 601 atoms (``benchmarks/learner_speed.py``).
+- Scalar heads (``value_support`` / ``reward_support`` ``None``, the reference's ``no_support``): ``l^v``, ``l^r`` are
+  the regression loss ``scalar_loss`` between the head's single output and the (transformed) target: ``"mse"``
+  ``(y - x)^2`` (the pseudocode's ``scalar_loss`` placeholder for board games) or ``"huber"`` (Huber with delta 1:
+  ``0.5 (y - x)^2`` within 1, ``|y - x| - 0.5`` beyond). The target transform applies as for the categorical heads,
+  so the network's scalar lives in the same ``h`` scale the search inverts.
 - ``l^p``: cross-entropy between the search's visit distribution ``pi`` and the predicted policy.
 - No reward is predicted at ``k = 0``, so ``l^r`` starts at ``k = 1`` (pseudocode: the initial reward is the constant 0,
   whose loss has no gradient).
@@ -49,7 +54,8 @@ Deliberate deviations (also listed in the README's implementation details):
    ``TRAIN_POLICY_MASK`` multiply the per-step losses (see :mod:`rllib_muzero.targets` for where they are 0; past a
    termination the value and reward targets are 0 and trained, the pseudocode's absorbing states). Masked targets may
    hold anything, even NaN: they are zeroed before use.
-5. ``scalar_loss`` is always the categorical cross-entropy (the pseudocode's placeholder says MSE for board games).
+5. With categorical heads, ``l^v`` / ``l^r`` are the cross-entropy of Appendix F (the pseudocode's ``scalar_loss``
+   placeholder says MSE for board games; that is the scalar-head option above).
 
 Everything here is torch only: no Ray, no RLlib policy types. ``model`` is anything with ``initial_inference(obs)`` and
 ``recurrent_inference(hidden, action)`` returning :class:`~rllib_muzero.models.NetworkOutput`-like tuples.
@@ -77,9 +83,15 @@ from rllib_muzero.columns import (
 )
 from rllib_muzero.support import DiscreteSupport, h, h_inverse, scalar_to_two_hot, support_to_scalar
 
-__all__ = ["HIDDEN_STATE_GRADIENT_SCALE", "LossOutput", "muzero_loss", "scale_gradient"]
+__all__ = ["HIDDEN_STATE_GRADIENT_SCALE", "SCALAR_LOSSES", "LossOutput", "muzero_loss", "scale_gradient"]
 
 HIDDEN_STATE_GRADIENT_SCALE = 0.5  # pseudocode: hidden_state = scale_gradient(hidden_state, 0.5)
+
+# Regression losses of scalar value / reward heads: (prediction (B,), target (B,)) -> (B,).
+SCALAR_LOSSES = {
+    "mse": lambda prediction, target: (prediction - target).square(),
+    "huber": lambda prediction, target: torch.nn.functional.huber_loss(prediction, target, reduction="none", delta=1.0),
+}
 
 _REQUIRED_KEYS = (
     TRAIN_OBS,
@@ -153,6 +165,25 @@ def _two_hot_cross_entropy(logits: Tensor, index: Tensor, mass: Tensor) -> Tenso
     return -(mass * torch.log_softmax(logits, dim=-1).gather(-1, index)).sum(-1)
 
 
+class _HeadLoss:
+    """``l^v`` or ``l^r`` of one head for every unroll step: the two-hot cross-entropy on a support (targets encoded
+    once for all ``K + 1`` steps, sparsely), or ``scalar_loss`` on a scalar head (``support=None``)."""
+
+    def __init__(self, target: Tensor, support: DiscreteSupport | None, scalar_loss: str):
+        self.support = support
+        if support is None:
+            self.target = target  # (B, K+1), already transformed
+            self.scalar_loss = SCALAR_LOSSES[scalar_loss]
+        else:
+            self.index, self.mass = scalar_to_two_hot(target, support)  # (B, K+1, 2) each
+
+    def __call__(self, logits: Tensor, k: int) -> Tensor:
+        """``(B, S)`` or ``(B, 1)`` head output at unroll step ``k`` -> ``(B,)`` loss."""
+        if self.support is None:
+            return self.scalar_loss(logits[:, 0], self.target[:, k])
+        return _two_hot_cross_entropy(logits, self.index[:, k], self.mass[:, k])
+
+
 def _check_batch(batch: Mapping[str, Any]) -> tuple[int, int, int]:
     missing = [key for key in _REQUIRED_KEYS if key not in batch]
     if missing:
@@ -177,9 +208,10 @@ def muzero_loss(
     model: Any,
     batch: Mapping[str, Tensor],
     *,
-    value_support: DiscreteSupport,
-    reward_support: DiscreteSupport,
+    value_support: DiscreteSupport | None,
+    reward_support: DiscreteSupport | None,
     use_target_transform: bool = True,
+    scalar_loss: str = "mse",
     value_loss_weight: float = 1.0,
     reward_loss_weight: float = 1.0,
     policy_loss_weight: float = 1.0,
@@ -191,10 +223,12 @@ def muzero_loss(
         batch: Tensors under the ``TRAIN_*`` keys of :mod:`rllib_muzero.columns`: observations ``(B, *obs)``, actions
             ``(B, K)``, value / reward targets and the three masks ``(B, K+1)``, policy targets ``(B, K+1, A)``,
             importance-sampling weights ``(B,)``. Other keys are ignored.
-        value_support: Atoms of the value head.
-        reward_support: Atoms of the reward head.
+        value_support: Atoms of the value head; ``None`` for a scalar head (one output).
+        reward_support: Atoms of the reward head; ``None`` for a scalar head.
         use_target_transform: Encode ``h(target)`` (paper) instead of the raw target; predictions are mapped back with
             ``h_inverse`` for the priorities and metrics.
+        scalar_loss: Loss of scalar heads, one of :data:`SCALAR_LOSSES` (``"mse"``, ``"huber"``); unused by
+            categorical heads.
         value_loss_weight: Multiplies ``l^v`` (1.0 = eq. (1); the paper uses 0.25 with Reanalyse).
         reward_loss_weight: Multiplies ``l^r``.
         policy_loss_weight: Multiplies ``l^p``.
@@ -209,6 +243,8 @@ def muzero_loss(
     ):
         if not weight >= 0.0:
             raise ValueError(f"`{arg}` must be >= 0, got {weight!r}")
+    if scalar_loss not in SCALAR_LOSSES:
+        raise ValueError(f"`scalar_loss` must be one of {sorted(SCALAR_LOSSES)}, got {scalar_loss!r}")
     B, K, A = _check_batch(batch)
 
     obs = batch[TRAIN_OBS]
@@ -228,14 +264,14 @@ def muzero_loss(
 
     transform = h if use_target_transform else (lambda x: x)
     # Two-hot targets as (atom index, mass) pairs, (B, K+1, 2) each: the dense (B, K+1, S) encodings are never built.
-    value_index, value_mass = scalar_to_two_hot(transform(target_value), value_support)
-    reward_index, reward_mass = scalar_to_two_hot(transform(target_reward), reward_support)
+    value_head_loss = _HeadLoss(transform(target_value), value_support, scalar_loss)
+    reward_head_loss = _HeadLoss(transform(target_reward), reward_support, scalar_loss)
 
     # k = 0: from the real observation.
     out = model.initial_inference(obs)
     if out.policy_logits.shape[-1] != A:
         raise ValueError(f"muzero_loss: policy logits have {out.policy_logits.shape[-1]} actions, targets have {A}")
-    value_loss_k = _two_hot_cross_entropy(out.value_logits, value_index[:, 0], value_mass[:, 0]) * value_mask[:, 0]
+    value_loss_k = value_head_loss(out.value_logits, 0) * value_mask[:, 0]
     policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, 0]) * policy_mask[:, 0]  # (B,)
     loss = value_loss_weight * value_loss_k + policy_loss_weight * policy_loss_k  # (B,); gradient scale 1
 
@@ -253,10 +289,8 @@ def muzero_loss(
         out = model.recurrent_inference(hidden, actions[:, k - 1])
         hidden = out.hidden
 
-        value_loss_k = _two_hot_cross_entropy(out.value_logits, value_index[:, k], value_mass[:, k]) * value_mask[:, k]
-        reward_loss_k = (
-            _two_hot_cross_entropy(out.reward_logits, reward_index[:, k], reward_mass[:, k]) * reward_mask[:, k]
-        )
+        value_loss_k = value_head_loss(out.value_logits, k) * value_mask[:, k]
+        reward_loss_k = reward_head_loss(out.reward_logits, k) * reward_mask[:, k]
         policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, k]) * policy_mask[:, k]
         l_k = value_loss_weight * value_loss_k + reward_loss_weight * reward_loss_k + policy_loss_weight * policy_loss_k
         loss = loss + scale_gradient(l_k, 1.0 / K)  # pseudocode: gradient_scale = 1 / len(actions)

@@ -22,11 +22,11 @@ from ray.rllib.policy.view_requirement import ViewRequirement
 from ray.rllib.utils.typing import AlgorithmConfigDict, TensorType
 
 from rllib_muzero import columns
-from rllib_muzero.acting import search_with_model, to_scalar
+from rllib_muzero.acting import make_supports, search_with_model, to_scalar
 from rllib_muzero.losses import LossOutput, muzero_loss
 from rllib_muzero.mcts import SearchOutput, SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2, check_muzero_model
-from rllib_muzero.support import DiscreteSupport
+from rllib_muzero.support import DiscreteSupport, head_size
 
 _OPTIMIZERS = {
     "sgd": lambda params, c: torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
@@ -94,8 +94,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
     def __init__(self, observation_space: gym.Space, action_space: gym.Space, config: AlgorithmConfigDict):
         if not isinstance(action_space, gym.spaces.Discrete):
             raise ValueError(f"MuZero needs a Discrete action space, got {action_space!r}.")
-        self.value_support = DiscreteSupport(*config["value_support"])
-        self.reward_support = DiscreteSupport(*config["reward_support"])
+        self.value_support, self.reward_support = make_supports(config)  # None: scalar heads (`no_support`)
         self.action_mask_key, self.model_observation_space = split_action_mask_space(
             observation_space, config.get("action_mask_key", "action_mask"), int(action_space.n))
         super().__init__(observation_space, action_space, config, max_seq_len=1)
@@ -134,8 +133,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             model_config=self.config["model"],
             framework="torch",
             name="muzero_model",
-            value_support_size=self.value_support.size,
-            reward_support_size=self.reward_support.size,
+            value_support_size=head_size(self.value_support),
+            reward_support_size=head_size(self.reward_support),
         )
 
     def optimizer(self) -> torch.optim.Optimizer:
@@ -174,7 +173,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         index = int(np.searchsorted(np.asarray(steps), self.num_grad_updates, side="right"))
         return float(temperatures[index])
 
-    def to_scalar(self, logits: torch.Tensor, support: DiscreteSupport) -> np.ndarray:
+    def to_scalar(self, logits: torch.Tensor, support: DiscreteSupport | None) -> np.ndarray:
         """Scalar (B,) numpy values of categorical logits (B, S): softmax expectation, then h^-1 if transformed."""
         return to_scalar(logits, support, bool(self.config["use_target_transform"]))
 
@@ -232,6 +231,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             value_support=self.value_support,
             reward_support=self.reward_support,
             use_target_transform=bool(self.config["use_target_transform"]),
+            scalar_loss=str(self.config["scalar_loss"]),
             value_loss_weight=float(self.config["value_loss_weight"]),
             reward_loss_weight=float(self.config["reward_loss_weight"]),
             policy_loss_weight=float(self.config["policy_loss_weight"]),

@@ -41,6 +41,13 @@ the episode; an open entry whose tail gets overwritten is pruned at that write, 
 Eviction is FIFO: the ring overwrites the oldest slots. Links only point forward in time, i.e. to slots written
 later, so an evicted slot is never the target of a live slot's link.
 
+Growing window (``window_step``, the reference implementation's option): the ring runs over the first ``window``
+slots only; ``window`` starts at ``window_step`` and grows by ``window_step`` (up to ``capacity``) each time the write
+position wraps around to slot 0. Early in training, when the network changes fast, old data is evicted sooner; later
+the buffer keeps up to ``capacity`` transitions. The arrays are allocated at ``capacity`` from the start (the memory
+bound is fixed); slots beyond the window are never written and have priority 0, so they are never sampled. Without
+``window_step`` the window is ``capacity`` from the start.
+
 Sampling is per position (any stored transition can be the start ``t`` of an unroll), proportional to priorities kept
 in a vectorised sum tree (:class:`SumTree`); Ray's ``SegmentTree`` does one Python loop per query, too slow for
 per-position priorities over large buffers. Following Schaul et al. (2016, "Prioritized experience replay"):
@@ -203,6 +210,9 @@ class SequenceReplayBuffer:
         beta: importance-sampling exponent in ``[0, 1]`` at the start. Default 1.0 (paper Appendix G).
         beta_increment_per_sampling: added to beta after every :meth:`sample` call, capped at 1.
         epsilon: ``> 0``, added to ``|e|`` so no position gets zero probability.
+        window_step: ``None`` (default: the ring spans ``capacity`` from the start) or an integer in
+            ``[1, capacity]``: the ring starts over ``window_step`` slots and grows by ``window_step`` each time the
+            write position wraps around (see the module docstring).
 
     Example::
 
@@ -226,9 +236,17 @@ class SequenceReplayBuffer:
         beta: float = 1.0,
         beta_increment_per_sampling: float = 0.001,
         epsilon: float = 0.01,
+        window_step: int | None = None,
     ):
         if not isinstance(capacity, numbers.Integral) or capacity < 1:
             raise ValueError(f"`capacity` must be an integer >= 1, got {capacity!r}.")
+        if window_step is not None and (
+            isinstance(window_step, bool) or not isinstance(window_step, numbers.Integral)
+            or not 1 <= window_step <= capacity
+        ):
+            raise ValueError(
+                f"`window_step` must be None or an integer in [1, capacity={capacity}], got {window_step!r}."
+            )
         if not isinstance(num_actions, numbers.Integral) or num_actions < 1:
             raise ValueError(f"`num_actions` must be an integer >= 1, got {num_actions!r}.")
         if not alpha >= 0.0:
@@ -247,6 +265,8 @@ class SequenceReplayBuffer:
         self.beta = float(beta)
         self.beta_increment_per_sampling = float(beta_increment_per_sampling)
         self.epsilon = float(epsilon)
+        self._window_step = None if window_step is None else int(window_step)
+        self._window = self._capacity if window_step is None else int(window_step)
 
         C, A = self._capacity, self._num_actions
         slot_dtype = np.int32 if C <= np.iinfo(np.int32).max else np.int64
@@ -274,7 +294,17 @@ class SequenceReplayBuffer:
 
     @property
     def capacity(self) -> int:
+        """The most transitions the buffer will ever hold (its arrays' length)."""
         return self._capacity
+
+    @property
+    def window(self) -> int:
+        """Slots the ring currently runs over (``capacity`` unless ``window_step`` is set; see the module docstring)."""
+        return self._window
+
+    @property
+    def window_step(self) -> int | None:
+        return self._window_step
 
     @property
     def obs_shape(self) -> tuple[int, ...]:
@@ -341,7 +371,7 @@ class SequenceReplayBuffer:
             terminated: the episode terminated after the last step of this fragment.
             truncated: the episode was truncated (time limit) after the last step. ``terminated`` wins if both.
 
-        A fragment longer than ``capacity`` keeps only its last ``capacity`` steps (and is not linked to its
+        A fragment longer than the current :attr:`window` keeps only its last ``window`` steps (and is not linked to its
         predecessor). An empty fragment with ``terminated``/``truncated`` closes the episode's stored tail.
         """
         if not isinstance(episode_id, numbers.Integral) or not _INT64.min <= int(episode_id) <= _INT64.max:
@@ -384,14 +414,14 @@ class SequenceReplayBuffer:
             return
 
         link = True
-        if T > self._capacity:  # only the last `capacity` steps fit; the rest would be overwritten at once
-            cut = T - self._capacity
+        if T > self._window:  # only the last `window` steps fit; the rest would be overwritten at once
+            cut = T - self._window
             obs, actions, rewards = obs[cut:], actions[cut:], rewards[cut:]
             root_values, search_policies = root_values[cut:], search_policies[cut:]
             self._num_added += cut
-            T = self._capacity
+            T = self._window
             link = False
-        slots = (self._next_index + np.arange(T)) % self._capacity
+        slots = self._advance(T)
 
         # Eviction: open episodes whose tail is about to be overwritten can no longer be continued.
         for slot in slots[self._is_open_tail[slots]].tolist():
@@ -425,9 +455,25 @@ class SequenceReplayBuffer:
             self._tail_owner[last] = episode_id
             self._is_open_tail[last] = True
 
-        self._next_index = int((slots[-1] + 1) % self._capacity)
-        self._size = min(self._size + T, self._capacity)
+        self._size = max(self._size, int(slots.max()) + 1)  # slots are written in order from 0: the filled prefix
         self._num_added += T
+
+    def _advance(self, T: int) -> np.ndarray:
+        """The next ``T <= window`` ring slots from the write position, which moves past them; a wrap to slot 0 grows
+        the window by ``window_step`` (up to ``capacity``). The slots are distinct: after a wrap the fragment's tail
+        runs from 0 and stops before its head's first slot."""
+        start = self._next_index
+        head = min(T, self._window - start)  # slots up to the window's end
+        slots = np.arange(start, start + head)
+        self._next_index = start + head
+        if self._next_index == self._window:
+            self._next_index = 0
+            if self._window_step is not None:
+                self._window = min(self._capacity, self._window + self._window_step)
+            if head < T:
+                slots = np.concatenate([slots, np.arange(T - head)])
+                self._next_index = T - head
+        return slots
 
     # ------------------------------------------------------------------------------------------------ sampling
     def sample(
@@ -588,6 +634,7 @@ class SequenceReplayBuffer:
             "open_tail_slots": np.array([self._open[e][0] for e in open_ids], dtype=np.int64),
             "open_tail_generations": np.array([self._open[e][1] for e in open_ids], dtype=np.int64),
             "next_index": self._next_index,
+            "window": self._window,
             "size": self._size,
             "num_added": self._num_added,
             "max_priority": self._max_priority,
@@ -648,6 +695,7 @@ class SequenceReplayBuffer:
         self._is_open_tail[:] = False
         self._is_open_tail[tails] = True
         self._next_index = int(state["next_index"])
+        self._window = int(state.get("window", self._capacity))  # states saved before window_step: the full ring
         self._size = int(state["size"])
         self._num_added = int(state["num_added"])
         self._max_priority = float(state["max_priority"])

@@ -39,10 +39,10 @@ import numpy as np
 import torch
 from ray.rllib.models.preprocessors import NoPreprocessor, Preprocessor, get_preprocessor
 
-from rllib_muzero.acting import SEARCH_KEYS, search_with_model
+from rllib_muzero.acting import SEARCH_KEYS, make_supports, search_with_model, support_from_plain
 from rllib_muzero.mcts import SearchOutput, SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2
-from rllib_muzero.support import DiscreteSupport
+from rllib_muzero.support import head_size
 
 __all__ = ["SERVING_FORMAT", "SERVING_FORMAT_VERSION", "ServingAgent", "export_for_serving"]
 
@@ -81,6 +81,7 @@ def export_for_serving(algo_or_policy: Any, path: str | os.PathLike, *, policy_i
         raise ValueError(f"export_for_serving: the policy's model {type(model).__name__} is not a MuZeroModelV2")
 
     model_config = dict(config["model"])
+    value_support, reward_support = make_supports(config)
     custom_model = model_config.get("custom_model")
     if isinstance(custom_model, type):
         model_config["custom_model"] = _class_path(custom_model)
@@ -95,8 +96,9 @@ def export_for_serving(algo_or_policy: Any, path: str | os.PathLike, *, policy_i
         "raw_observation_space": space_to_plain(getattr(policy.observation_space, "original_space",
                                                         policy.observation_space)),
         "action_space": space_to_plain(policy.action_space),
-        "value_support": [int(v) for v in config["value_support"]],
-        "reward_support": [int(v) for v in config["reward_support"]],
+        # [min, max] of each support; None for scalar heads (`no_support`).
+        "value_support": None if value_support is None else [value_support.min, value_support.max],
+        "reward_support": None if reward_support is None else [reward_support.min, reward_support.max],
         "use_target_transform": bool(config["use_target_transform"]),
         "search": _plain({key: config[key] for key in SEARCH_KEYS}, "search config"),
     }
@@ -194,8 +196,8 @@ class ServingAgent:
         self.model = model.to(device).eval()
         self.spec = dict(spec)
         self.device = torch.device(device)
-        self.value_support = DiscreteSupport(*spec["value_support"])
-        self.reward_support = DiscreteSupport(*spec["reward_support"])
+        self.value_support = support_from_plain(spec["value_support"])
+        self.reward_support = support_from_plain(spec["reward_support"])
         self.use_target_transform = bool(spec["use_target_transform"])
         self.search_config = dict(spec["search"])
         self.observation_space = space_from_plain(spec["observation_space"])
@@ -237,8 +239,8 @@ class ServingAgent:
             int(action_space.n),
             model_config,
             "muzero_model",
-            value_support_size=DiscreteSupport(*spec["value_support"]).size,
-            reward_support_size=DiscreteSupport(*spec["reward_support"]).size,
+            value_support_size=head_size(support_from_plain(spec["value_support"])),
+            reward_support_size=head_size(support_from_plain(spec["reward_support"])),
             **(model_config.get("custom_model_config") or {}),
         )
         model.load_state_dict(data["state_dict"])

@@ -10,7 +10,15 @@ MuZero predicts values and rewards as categorical distributions over a fixed set
 - A predicted distribution becomes a scalar by its expectation under the softmax (:func:`support_to_scalar`).
 
 The transform is applied by the callers (loss, policy), so switching it off (``use_target_transform=False``) is their
-flag, not this module's. Everything here is torch (with two small numba loops, see below), without Ray.
+flag, not this module's.
+
+Scalar heads (the reference's ``no_support``): a head without a support outputs one number, the value or reward
+itself (after ``h`` when the targets are transformed). Everywhere in this package such a head's support is ``None``:
+:func:`head_size` gives 1, :func:`support_to_scalar` reads the single output, and the loss uses a regression loss
+(``scalar_loss``) instead of the cross-entropy. Search, targets and priorities see the same raw-scale scalars either
+way: ``h^-1`` is applied to a scalar head exactly as to a categorical one, so transformed and raw values never mix.
+
+Everything here is torch (with two small numba loops, see below), without Ray.
 
 Speed: the search calls :func:`support_to_scalar` and :func:`h_inverse` once per simulation on a handful of rows,
 where the fixed cost of each operator call, not the arithmetic, is the price (and inside the search loop, with the
@@ -44,6 +52,7 @@ from torch import Tensor
 
 __all__ = [
     "DiscreteSupport",
+    "head_size",
     "h",
     "h_inverse",
     "scalar_to_support",
@@ -98,6 +107,11 @@ class DiscreteSupport:
     def atoms(self, *, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Tensor:
         """The atom values ``[min, ..., max]`` as a tensor of shape ``(size,)``."""
         return torch.arange(self.min, self.max + 1, dtype=dtype, device=device)
+
+
+def head_size(support: DiscreteSupport | None) -> int:
+    """Outputs of a value or reward head: the support's atoms, or 1 for a scalar head (``support=None``)."""
+    return 1 if support is None else support.size
 
 
 def _check_eps(eps: float) -> None:
@@ -228,12 +242,16 @@ def scalar_to_support(x: Tensor, support: DiscreteSupport) -> Tensor:
     return probs
 
 
-def support_to_scalar(logits: Tensor, support: DiscreteSupport) -> Tensor:
+def support_to_scalar(logits: Tensor, support: DiscreteSupport | None) -> Tensor:
     """Expected atom under ``softmax(logits)``: ``(..., support.size) -> (...)`` (paper Appendix F).
 
     The result is in the transformed scale when the targets were transformed; apply :func:`h_inverse` to get back to
-    rewards / returns.
+    rewards / returns. With ``support=None`` (a scalar head) ``logits`` is ``(..., 1)``: its single output is the value.
     """
+    if support is None:
+        if logits.shape[-1] != 1:
+            raise ValueError(f"a scalar head (no support) has 1 output in its last dimension, got {logits.shape[-1]}")
+        return logits[..., 0]
     if logits.shape[-1] != support.size:
         raise ValueError(
             f"logits have {logits.shape[-1]} atoms in their last dimension but the support "
@@ -244,7 +262,7 @@ def support_to_scalar(logits: Tensor, support: DiscreteSupport) -> Tensor:
 
 
 def support_to_scalar_numpy(
-    logits: Tensor, support: DiscreteSupport, *, inverse_transform: bool, eps: float = DEFAULT_EPS
+    logits: Tensor, support: DiscreteSupport | None, *, inverse_transform: bool, eps: float = DEFAULT_EPS
 ) -> np.ndarray:
     """``h_inverse(support_to_scalar(logits, support))`` (or without ``h_inverse``) as float32 numpy, for acting.
 
@@ -255,7 +273,7 @@ def support_to_scalar_numpy(
 
     Args:
         logits: ``(..., support.size)`` logits, any device.
-        support: The atoms.
+        support: The atoms; ``None`` for a scalar head (``logits`` ``(..., 1)``).
         inverse_transform: Apply :func:`h_inverse` (the caller trained on ``h``-transformed targets).
         eps: The transform's epsilon.
 

@@ -23,7 +23,8 @@ CONFIG_VALUES = [
     ("grad_clip", -1.0), ("fixed_temperatures", [1.0, 0.5]), ("fixed_temperatures", [-1.0]),
     ("fixed_temperatures", "hot"), ("lr_decay_rate", 0.0), ("lr_decay_rate", 1.5), ("lr_decay_steps", 0),
     ("lr_warmup_steps", -1), ("send_weights_frequency", 0), ("weight_sync_frequency", -5),
-    ("max_nonfinite_updates_in_a_row", 0),
+    ("max_nonfinite_updates_in_a_row", 0), ("replay_window_step", 0), ("replay_window_step", 10**9),
+    ("replay_window_step", 2.5), ("no_support", "yes"), ("scalar_loss", "l1"),
 ]
 
 

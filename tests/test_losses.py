@@ -21,7 +21,7 @@ from rllib_muzero.columns import (
 )
 from rllib_muzero.losses import LossOutput, muzero_loss, scale_gradient
 from rllib_muzero.models import FullyConnectedMuZeroModel, NetworkOutput
-from rllib_muzero.support import DiscreteSupport, h, scalar_to_support
+from rllib_muzero.support import DiscreteSupport, h, h_inverse, scalar_to_support
 
 VALUE_SUPPORT = DiscreteSupport(-10, 10)
 REWARD_SUPPORT = DiscreteSupport(-5, 5)
@@ -412,3 +412,65 @@ def test_mis_shaped_target_is_reported():
 def test_negative_loss_weight_is_rejected():
     with pytest.raises(ValueError, match="value_loss_weight"):
         loss(fc_model(), make_batch(), value_loss_weight=-1.0)
+
+
+# ---- scalar heads (no_support) ---------------------------------------------------------------------------------------
+
+
+class _ScalarHeads(nn.Module):
+    """Scalar value / reward heads that output fixed numbers, to check the regression losses by hand."""
+
+    def __init__(self, value, reward):
+        super().__init__()
+        self.value = nn.Parameter(torch.tensor(float(value)))
+        self.reward = nn.Parameter(torch.tensor(float(reward)))
+
+    def initial_inference(self, obs):
+        B = obs.shape[0]
+        return NetworkOutput(obs, None, torch.zeros(B, A), self.value.expand(B, 1))
+
+    def recurrent_inference(self, hidden, action):
+        B = hidden.shape[0]
+        return NetworkOutput(hidden, self.reward.expand(B, 1), torch.zeros(B, A), self.value.expand(B, 1))
+
+
+@pytest.mark.parametrize("scalar_loss,expected", [
+    ("mse", lambda d: d ** 2),
+    ("huber", lambda d: 0.5 * d ** 2 if abs(d) <= 1 else abs(d) - 0.5),
+])
+@pytest.mark.parametrize("use_target_transform", [False, True])
+def test_scalar_heads_use_the_regression_loss_on_the_transformed_target(scalar_loss, expected, use_target_transform):
+    batch = make_batch(B=1, K=1, obs_dim=2)
+    batch[TRAIN_TARGET_VALUE] = torch.tensor([[3.0, 0.5]])
+    batch[TRAIN_TARGET_REWARD] = torch.tensor([[0.0, -2.0]])
+    model = _ScalarHeads(value=1.5, reward=0.25)
+    out = loss(model, batch, value_support=None, reward_support=None, scalar_loss=scalar_loss,
+               use_target_transform=use_target_transform)
+    t = (lambda x: float(h(torch.tensor(x)))) if use_target_transform else (lambda x: x)
+    assert float(out.value_loss) == pytest.approx(expected(1.5 - t(3.0)) + expected(1.5 - t(0.5)), rel=1e-5)
+    assert float(out.reward_loss) == pytest.approx(expected(0.25 - t(-2.0)), rel=1e-5)
+    # Priorities and metrics read the head in the raw scale: h^-1(1.5) when transformed, 1.5 otherwise.
+    raw = float(h_inverse(torch.tensor(1.5))) if use_target_transform else 1.5
+    assert float(out.predicted_value[0]) == pytest.approx(raw, rel=1e-5)
+    assert float(out.priorities[0]) == pytest.approx(abs(raw - 3.0), rel=1e-5)
+    out.total.backward()
+    assert model.value.grad is not None and model.reward.grad is not None
+
+
+def test_scalar_head_fc_network_learns_and_rejects_unknown_losses():
+    torch.manual_seed(0)
+    model = FullyConnectedMuZeroModel(
+        gym.spaces.Box(-np.inf, np.inf, (6,), np.float32), gym.spaces.Discrete(A), A,
+        {"custom_model_config": {"hidden_size": 16}}, "scalar", value_support_size=1, reward_support_size=1)
+    batch = make_batch(B=16, K=3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    values = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        out = loss(model, batch, value_support=None, reward_support=None, scalar_loss="huber")
+        out.total.backward()
+        optimizer.step()
+        values.append(float(out.value_loss))
+    assert values[-1] < 0.8 * values[0]
+    with pytest.raises(ValueError, match="`scalar_loss`"):
+        loss(model, batch, value_support=None, reward_support=None, scalar_loss="l1")

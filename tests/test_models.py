@@ -206,7 +206,9 @@ def test_bad_options_are_rejected(options, match):
 
 def test_bad_support_sizes_and_num_outputs_are_rejected():
     with pytest.raises(ValueError, match="value_support_size"):
-        FullyConnectedMuZeroModel(OBS_SPACE, ACTION_SPACE, 3, {}, "x", value_support_size=1, reward_support_size=SR)
+        FullyConnectedMuZeroModel(OBS_SPACE, ACTION_SPACE, 3, {}, "x", value_support_size=0, reward_support_size=SR)
+    with pytest.raises(ValueError, match="reward_support_size"):
+        FullyConnectedMuZeroModel(OBS_SPACE, ACTION_SPACE, 3, {}, "x", value_support_size=SV, reward_support_size=2.0)
     with pytest.raises(ValueError, match="num_outputs"):
         FullyConnectedMuZeroModel(OBS_SPACE, ACTION_SPACE, 7, {}, "x", value_support_size=SV, reward_support_size=SR)
 

@@ -1,13 +1,16 @@
 """Self-play and training options change behaviour (not only parse): lr schedule, fixed temperatures, use_q_max,
-weight-sync frequency, temperature schedule."""
+weight-sync frequency, temperature schedule, scalar heads (no_support) and the growing replay window."""
 
 import numpy as np
 import pytest
+import torch
 from ray.rllib.policy.sample_batch import SampleBatch
 
 from rllib_muzero import columns
 from rllib_muzero.algorithm import add_sample_batch_to_replay
 from rllib_muzero.replay import SequenceReplayBuffer
+from rllib_muzero.serving import ServingAgent, export_for_serving
+from rllib_muzero.support import h_inverse
 from tests.test_algorithm import tiny_config
 from tests.test_config import cartpole_config
 
@@ -114,3 +117,34 @@ def test_use_q_max_stores_the_best_child_q_as_bootstrap_value():
         replay = SequenceReplayBuffer(8, (4,), np.float32, 2)
         add_sample_batch_to_replay(replay, batch, use_q_max=use_q_max)
         np.testing.assert_array_equal(replay.get_state()["root_values"][:3], expected)
+
+
+@pytest.mark.integration
+def test_no_support_trains_scalar_heads_that_search_and_serving_read_in_the_raw_scale(ray_session, tmp_path):
+    algo = tiny_config(no_support=True, scalar_loss="huber", replay_window_step=40).build_algo()
+    try:
+        policy = algo.get_policy()
+        assert policy.value_support is None and policy.reward_support is None
+        assert policy.model.value_head[-1].out_features == 1 and policy.model.reward_head[-1].out_features == 1
+        for _ in range(4):
+            result = algo.train()
+        stats = result["info"]["learner"]["default_policy"]["learner_stats"]
+        assert policy.num_grad_updates > 0 and np.isfinite([stats["value_loss"], stats["reward_loss"]]).all()
+        # The replay window grew from 40 (reference --window_step) as the ring wrapped.
+        replay = algo.replays["default_policy"]
+        assert 40 < replay.window <= replay.capacity
+        assert result["info"]["learner"]["default_policy"]["muzero"]["replay_window"] == replay.window
+        # The search reads h^-1 of the scalar head: the same number the network's output maps to.
+        obs = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+        with torch.no_grad():
+            head = policy.model.initial_inference(torch.from_numpy(obs)).value_logits
+        np.testing.assert_allclose(policy.to_scalar(head, None), h_inverse(head[:, 0]).numpy(), rtol=1e-6)
+        search = policy.search(obs, explore=False)
+        assert np.isfinite(search.root_value).all()
+        # A served copy (no Ray) reads the same scalar heads and searches to the same values.
+        path = export_for_serving(algo, tmp_path / "agent.pt")
+        served = ServingAgent.load(path).search(obs)
+        np.testing.assert_allclose(served.root_value, search.root_value, rtol=1e-5)
+        np.testing.assert_array_equal(served.visit_counts, search.visit_counts)
+    finally:
+        algo.stop()

@@ -199,6 +199,52 @@ def test_fragment_longer_than_capacity_keeps_the_last_steps():
     np.testing.assert_array_equal(np.sort(buf.get_state()["obs"][:, 0]), np.arange(7, 12))
 
 
+def test_window_step_grows_the_ring_each_time_it_wraps():
+    """Reference semantics of --window_step: the ring starts at window_step slots and grows by window_step, up to
+    capacity, each time the write position wraps to slot 0; older data is evicted sooner while the window is small."""
+    buf = make_buffer(10, window_step=4)
+    assert (buf.window, buf.capacity) == (4, 10)
+    windows, sizes, oldest = [], [], []
+    for t in range(24):
+        add(buf, t, episode(1, seed=0, start=t), terminated=True)
+        windows.append(buf.window)
+        sizes.append(len(buf))
+        oldest.append(int(buf.get_state()["obs"][: len(buf), 0].min()))
+    # Steps 0-3 fill 4 slots, wrap -> window 8; steps 4-11 fill slots 0-7 (4 new), wrap -> 10 (= capacity).
+    assert windows[:4] == [4, 4, 4, 8] and windows[4:12] == [8] * 7 + [10] and set(windows[12:]) == {10}
+    assert sizes[:8] == [1, 2, 3, 4, 4, 4, 4, 4] and sizes[11] == 8 and sizes[-1] == 10
+    assert oldest[7] == 4  # step 7 overwrote slot 3: only steps 4-7 left, while a plain ring of 10 keeps 0-7
+    np.testing.assert_array_equal(np.sort(buf.get_state()["obs"][:, 0]), np.arange(14, 24))  # FIFO at capacity
+    assert buf.get_state()["priorities"][len(buf):].sum() == 0.0  # never-written slots are never sampled
+    batch = buf.sample(32, num_unroll_steps=1, td_steps=1, discount=0.9, rng=np.random.default_rng(0))
+    assert (batch[TRAIN_OBS][:, 0] >= 14).all()
+
+
+def test_window_step_with_fragments_that_cross_the_wrap_and_round_trip():
+    buf = make_buffer(12, window_step=5)
+    add(buf, 1, episode(3, seed=1))
+    add(buf, 1, piece(episode(7, seed=1), 3, 7))  # crosses the end of the 5-slot window: slots 3, 4, 0, 1
+    assert buf.window == 10 and len(buf) == 5
+    # The episode is still linked in order across the wrap: its targets read steps 3, 4, 5, 6 in a row.
+    start = slot_of(buf, 1, 3)
+    batch = buf.build_batch(np.array([start]), num_unroll_steps=3, td_steps=1, discount=1.0,
+                            rng=np.random.default_rng(0))
+    np.testing.assert_array_equal(batch[TRAIN_POLICY_MASK][0], [1, 1, 1, 1])
+    restored = make_buffer(12, window_step=5)
+    restored.set_state(buf.get_state())
+    assert restored.window == 10
+    for b in (buf, restored):
+        add(b, 2, episode(6, seed=2), terminated=True)
+    assert buf.window == restored.window and len(buf) == len(restored)
+    np.testing.assert_array_equal(buf.get_state()["obs"], restored.get_state()["obs"])
+
+
+def test_window_step_must_fit_the_capacity():
+    for bad in (0, 11, 2.5, True):
+        with pytest.raises(ValueError, match="`window_step`"):
+            make_buffer(10, window_step=bad)
+
+
 # ---------------------------------------------------------------------------------------------------- stitching
 @pytest.mark.parametrize("terminated", [True, False])
 def test_fragments_interleaved_equal_whole_episode(terminated):

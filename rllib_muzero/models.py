@@ -37,6 +37,7 @@ from torch.nn import functional as F
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "FullyConnectedMuZeroModel",
+    "mlp",
     "MuZeroModelV2",
     "NetworkOutput",
     "check_muzero_model",
@@ -137,8 +138,9 @@ class MuZeroModelV2(TorchModelV2, nn.Module, metaclass=abc.ABCMeta):
         num_outputs: ``A`` (what RLlib's action distribution asks for) or ``None``; anything else is an error.
         model_config: RLlib's model config dict.
         name: Model name.
-        value_support_size: ``Sv``, number of atoms of the value head (>= 2).
-        reward_support_size: ``Sr``, number of atoms of the reward head (>= 2).
+        value_support_size: ``Sv``, outputs of the value head: the atoms of its categorical support (>= 2), or 1 for a
+            scalar head (``no_support``).
+        reward_support_size: ``Sr``, the same for the reward head.
         **kwargs: Ignored here; subclasses take their options from them (``custom_model_config`` entries).
     """
 
@@ -162,8 +164,10 @@ class MuZeroModelV2(TorchModelV2, nn.Module, metaclass=abc.ABCMeta):
                 f"`num_outputs` of a MuZero model is the number of actions ({num_actions}) or None, got {num_outputs}"
             )
         for arg, size in (("value_support_size", value_support_size), ("reward_support_size", reward_support_size)):
-            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 2:
-                raise ValueError(f"`{arg}` must be an integer >= 2 (atoms of the support), got {size!r}")
+            if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+                raise ValueError(
+                    f"`{arg}` must be a positive integer (atoms of the support, or 1 for a scalar head), got {size!r}"
+                )
         TorchModelV2.__init__(self, obs_space, action_space, num_actions, model_config, name)
         nn.Module.__init__(self)
         self.num_actions: int = num_actions
@@ -238,7 +242,7 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
-def _mlp(in_size: int, layers: Sequence[int], out_size: int, activation: str, *, zero_last: bool) -> nn.Sequential:
+def mlp(in_size: int, layers: Sequence[int], out_size: int, activation: str, *, zero_last: bool) -> nn.Sequential:
     """``Linear -> activation`` for each hidden layer, then a plain ``Linear`` to ``out_size``."""
     modules: list[nn.Module] = []
     size = in_size
@@ -336,11 +340,11 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
         A = self.num_actions
 
         self.hidden_size: int = hidden_size
-        self.representation_net = _mlp(obs_size, options["representation_layers"], hidden_size, act, zero_last=False)
-        self.dynamics_net = _mlp(hidden_size + A, options["dynamics_layers"], hidden_size, act, zero_last=False)
-        self.reward_head = _mlp(hidden_size, options["reward_layers"], self.reward_support_size, act, zero_last=True)
-        self.value_head = _mlp(hidden_size, options["value_layers"], self.value_support_size, act, zero_last=True)
-        self.policy_head = _mlp(hidden_size, options["policy_layers"], A, act, zero_last=True)
+        self.representation_net = mlp(obs_size, options["representation_layers"], hidden_size, act, zero_last=False)
+        self.dynamics_net = mlp(hidden_size + A, options["dynamics_layers"], hidden_size, act, zero_last=False)
+        self.reward_head = mlp(hidden_size, options["reward_layers"], self.reward_support_size, act, zero_last=True)
+        self.value_head = mlp(hidden_size, options["value_layers"], self.value_support_size, act, zero_last=True)
+        self.policy_head = mlp(hidden_size, options["policy_layers"], A, act, zero_last=True)
 
     @classmethod
     def _resolve_options(cls, model_config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -386,8 +390,13 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
 
 
 def register_models() -> None:
-    """Register the built-in networks with RLlib's ``ModelCatalog`` (``"muzero_fc"``: FullyConnectedMuZeroModel)."""
+    """Register the built-in networks with RLlib's ``ModelCatalog``: ``"muzero_fc"`` (FullyConnectedMuZeroModel) and
+    the convolutional networks of :mod:`rllib_muzero.conv_models` (``"muzero_resnet"``, ``"muzero_tiny"``)."""
+    from rllib_muzero import conv_models  # imported here: conv_models builds on this module
+
     ModelCatalog.register_custom_model(DEFAULT_MODEL_NAME, FullyConnectedMuZeroModel)
+    for name, model_class in conv_models.CONV_MODELS.items():
+        ModelCatalog.register_custom_model(name, model_class)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -12,6 +12,13 @@ SEARCH_POLICY = "muzero_search_policy"  # (B, A) float32: normalised root visit 
 SEARCH_Q_MAX = "muzero_q_max"  # (B,) float32: max_a Q(s_t, a) over visited root children (for use_q_max)
 SEARCH_MAX_DEPTH = "muzero_search_depth"  # (B,) int32: deepest node reached by the search
 
+# Set by an env wrapper in a step's info dict when the env executed another action than the agent's (avoid_repeat);
+# the policy's postprocessing writes it into the ACTIONS column, so the replay trains the dynamics on what happened.
+INFO_EXECUTED_ACTION = "executed_action"
+# RLlib's INFOS column holds, at row t, the info returned with o_t (from the step before); this column holds the info
+# of the step that took a_t (INFOS shifted by +1), where INFO_EXECUTED_ACTION for a_t is found.
+STEP_INFOS = "muzero_step_infos"
+
 # Training batch built by the replay buffer (one row per sampled position t).
 TRAIN_OBS = "obs"  # (B, *obs_shape): o_t
 TRAIN_ACTIONS = "actions"  # (B, K) int64: a_t .. a_{t+K-1} (random past the episode end)

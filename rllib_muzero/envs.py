@@ -58,6 +58,8 @@ from gymnasium.wrappers import ClipReward, FlattenObservation, FrameStackObserva
 from ray.rllib.env.env_context import EnvContext
 from ray.tune.registry import ENV_CREATOR, _global_registry
 
+from rllib_muzero.columns import INFO_EXECUTED_ACTION
+
 logger = logging.getLogger(__name__)
 
 EnvCreator = Callable[[EnvContext], Any]
@@ -574,7 +576,9 @@ class AvoidRepeat(gym.Wrapper):
     Own wrapper. Breaks the loops a deterministic policy can fall into in a deterministic game (e.g. Breakout with no
     ball in play). Steps are counted at this wrapper's level (agent steps); any nonzero reward and every reset set the
     count back to 0. Draws from the env's ``np_random`` only once the count reaches ``patience``. A replaced action
-    is reported as ``info["avoid_repeat_action"]``; the learner still sees the action the agent chose.
+    is reported as ``info["executed_action"]`` (:data:`rllib_muzero.columns.INFO_EXECUTED_ACTION`); the policy's
+    postprocessing records it in the trajectory instead of the agent's choice, so the learner's dynamics function is
+    trained on the action the env executed. The search policy ``pi_t`` stays the target of that step.
     """
 
     def __init__(self, env: gym.Env, patience: int = AVOID_REPEAT_PATIENCE,
@@ -599,5 +603,5 @@ class AvoidRepeat(gym.Wrapper):
         obs, reward, terminated, truncated, info = self.env.step(action)
         self.steps_without_reward = 0 if reward != 0 else self.steps_without_reward + 1
         if replaced is not None:
-            info = dict(info, avoid_repeat_action=replaced)
+            info = dict(info, **{INFO_EXECUTED_ACTION: replaced})
         return obs, reward, terminated, truncated, info

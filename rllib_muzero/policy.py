@@ -108,6 +108,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             space=gym.spaces.Box(-np.inf, np.inf, (), np.float32), used_for_compute_actions=False)
         self.view_requirements[columns.SEARCH_MAX_DEPTH] = ViewRequirement(
             space=gym.spaces.Box(0, np.iinfo(np.int32).max, (), np.int32), used_for_compute_actions=False)
+        self.view_requirements[columns.STEP_INFOS] = ViewRequirement(
+            data_col=SampleBatch.INFOS, shift=1, used_for_compute_actions=False)
         # The search reads the observations only: RLlib need not assemble the other columns for every action
         # computation, and nothing downstream (the replay) reads previous actions / rewards (~25% less sampler time).
         for key in (SampleBatch.PREV_ACTIONS, SampleBatch.PREV_REWARDS):
@@ -221,6 +223,22 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             columns.SEARCH_MAX_DEPTH: result.max_depth.astype(np.int32),
         }
         return actions, [], extras
+
+    def postprocess_trajectory(self, sample_batch: SampleBatch, other_agent_batches: Any = None,
+                               episode: Any = None) -> SampleBatch:
+        """Records the action the env executed where a wrapper replaced the agent's (``info["executed_action"]``,
+        :data:`~rllib_muzero.columns.INFO_EXECUTED_ACTION`, e.g. ``avoid_repeat``): the replay trains the dynamics
+        on ``(s_t, a_t) -> r_{t+1}, s_{t+1}``, so ``a_t`` must be the action that produced them."""
+        infos = sample_batch.get(columns.STEP_INFOS)
+        if infos is not None and len(infos):
+            replaced = [(t, info[columns.INFO_EXECUTED_ACTION]) for t, info in enumerate(infos)
+                        if isinstance(info, dict) and columns.INFO_EXECUTED_ACTION in info]
+            if replaced:
+                actions = np.array(sample_batch[SampleBatch.ACTIONS], copy=True)
+                for t, action in replaced:
+                    actions[t] = action
+                sample_batch[SampleBatch.ACTIONS] = actions
+        return sample_batch
 
     # ------------------------------------------------------------------ learning
     def loss(self, model: MuZeroModelV2, dist_class: Any, train_batch: dict[str, torch.Tensor]) -> torch.Tensor:

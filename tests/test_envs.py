@@ -275,8 +275,8 @@ def test_avoid_repeat_acts_randomly_only_after_500_rewardless_steps():
     replaced = {}
     for step in range(1, n_steps + 1):
         _, _, _, _, info = env.step(2)
-        if "avoid_repeat_action" in info:
-            replaced[step] = info["avoid_repeat_action"]
+        if "executed_action" in info:
+            replaced[step] = info["executed_action"]
     # Replay the env's own rng: the counter restarts after the reward at step 10, so draws begin at step 511.
     rng = seeding.np_random(seed)[0]
     expected = {}

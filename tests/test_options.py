@@ -1,9 +1,11 @@
 """Self-play and training options change behaviour (not only parse): lr schedule, fixed temperatures, use_q_max,
 weight-sync frequency, temperature schedule, scalar heads (no_support) and the growing replay window."""
 
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from ray import tune
 from ray.rllib.policy.sample_batch import SampleBatch
 
 from rllib_muzero import columns
@@ -146,5 +148,47 @@ def test_no_support_trains_scalar_heads_that_search_and_serving_read_in_the_raw_
         served = ServingAgent.load(path).search(obs)
         np.testing.assert_allclose(served.root_value, search.root_value, rtol=1e-5)
         np.testing.assert_array_equal(served.visit_counts, search.visit_counts)
+    finally:
+        algo.stop()
+
+
+class _ReplacingEnv(gym.Env):
+    """Executes the agent's action or, every other step, the next one (mod 3), reporting it as avoid_repeat does
+    (``info["executed_action"]``). The observation is the one-hot of the action executed last, so the replay can be
+    checked against what happened."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, (4,), np.float32)
+    action_space = gym.spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return self._obs(3), {}
+
+    def step(self, action):
+        self.t += 1
+        executed = (int(action) + 1) % 3 if self.t % 2 else int(action)
+        info = {"executed_action": executed} if executed != action else {}
+        return self._obs(executed), 0.0, self.t >= 12, False, info
+
+    @staticmethod
+    def _obs(index):
+        obs = np.zeros(4, np.float32)
+        obs[index] = 1.0
+        return obs
+
+
+@pytest.mark.integration
+def test_replay_records_the_action_the_env_executed_not_the_replaced_one(ray_session):
+    tune.register_env("muzero_test_replacing", lambda ctx: _ReplacingEnv())
+    algo = tiny_config().environment("muzero_test_replacing").build_algo()
+    try:
+        for _ in range(2):
+            algo.train()
+        state = algo.replays["default_policy"].get_state()
+        linked = np.flatnonzero((state["next_slot"] >= 0) & (state["generation"] > 0))
+        assert linked.size > 20
+        executed = state["obs"][state["next_slot"][linked]].argmax(axis=1)  # o_{t+1} shows a_t
+        np.testing.assert_array_equal(state["actions"][linked], executed)
     finally:
         algo.stop()

@@ -1,0 +1,233 @@
+"""Train a tuned example per seed until a greedy evaluation reaches a target return (shared by the benchmarks).
+
+Used by ``benchmarks/cartpole.py``, ``benchmarks/lunarlander.py`` and ``benchmarks/pong_ram.py``. For every seed:
+build the tuned example's config (``--config`` JSON overrides and the seed merged in, validated like
+``rllib-muzero train`` does), call ``algo.train()`` until ``max_env_steps`` env steps or ``max_minutes`` minutes of
+training, and every ``eval_every`` env steps play ``eval_games`` whole games with
+:func:`rllib_muzero.evaluation.play_games` (greedy search: no root noise, temperature 0; game ``i`` of seed ``s`` is
+reset with seed ``10_000 + s + i``). A seed stops as soon as the greedy mean reaches the target. Evaluation time is
+excluded from the training wall time (``train_s``) and reported separately (``eval_s``).
+
+Printed: one progress line per evaluation (env steps, learner updates, training seconds, greedy mean) and, at the
+end, one table row per seed. With ``csv_path`` every evaluation is also appended to a CSV file as it happens
+(columns :data:`CSV_COLUMNS`), so a long run that is stopped early still leaves its curve behind.
+
+The caller initialises Ray (:func:`init_ray`); :func:`run_benchmark` itself only builds and stops algorithms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from rllib_muzero import MuZeroConfig
+from rllib_muzero.cli import build_param_space, load_experiments
+from rllib_muzero.envs import make_env_creator
+from rllib_muzero.evaluation import play_games
+
+EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tuned_examples")
+EVAL_SEED_BASE = 10_000
+CSV_COLUMNS = ("seed", "env_steps", "updates", "train_s", "eval_s", "games", "greedy_mean", "greedy_min",
+               "greedy_max", "reached")
+
+# Given the merged config dict of one seed (``env``, ``env_config``, ... after overrides), returns the factory of
+# one evaluation env (called once per evaluation game).
+EvalEnvFactory = Callable[[Mapping[str, Any]], Callable[[], gym.Env]]
+
+
+def example_path(file_name: str) -> str:
+    """The path of a file in ``tuned_examples/``."""
+    return os.path.normpath(os.path.join(EXAMPLES, file_name))
+
+
+def creator_eval_env(**env_config_overrides: Any) -> EvalEnvFactory:
+    """An :data:`EvalEnvFactory` that builds the training env with the package's env creator
+    (:func:`rllib_muzero.envs.make_env_creator`: legacy ids, the MuZero env options as wrappers) from the seed's
+    ``env`` and ``env_config``, with ``env_config_overrides`` on top (e.g. ``episode_life=False`` for whole games)."""
+
+    def factory(config: Mapping[str, Any]) -> Callable[[], gym.Env]:
+        _, creator = make_env_creator(config["env"])
+        env_config = {**(config.get("env_config") or {}), **env_config_overrides}
+        return lambda: creator(dict(env_config))
+
+    return factory
+
+
+def run_seed(
+    seed: int,
+    *,
+    example: str,
+    eval_env: EvalEnvFactory,
+    target: float,
+    eval_games: int,
+    eval_every: int,
+    max_env_steps: int,
+    max_minutes: float,
+    overrides: Mapping[str, Any] | None = None,
+    eval_max_steps: int | None = None,
+    on_eval: Callable[[dict], None] | None = None,
+) -> dict:
+    """Trains one seed until the target, ``max_env_steps`` or ``max_minutes``; returns its table row (a dict)."""
+    (name, spec), = load_experiments(example).items()
+    config_dict = build_param_space(name, spec, {**(overrides or {}), "seed": seed})
+    make_env = eval_env(config_dict)
+    algo = MuZeroConfig().update_from_dict(config_dict).build_algo()
+    train_time = eval_time = 0.0
+    env_steps = 0
+    next_eval = eval_every
+    best = -np.inf
+    reached = False
+    try:
+        while env_steps < max_env_steps and train_time < max_minutes * 60:
+            t0 = time.perf_counter()
+            result = algo.train()
+            train_time += time.perf_counter() - t0
+            env_steps = result["num_env_steps_sampled_lifetime"]
+            if env_steps >= next_eval:
+                while next_eval <= env_steps:  # one evaluation even if an iteration passed several marks
+                    next_eval += eval_every
+                t0 = time.perf_counter()
+                returns = play_games(algo.get_policy(), make_env, eval_games, seed=EVAL_SEED_BASE + seed,
+                                     max_steps=eval_max_steps)
+                eval_time += time.perf_counter() - t0
+                mean = float(returns.mean())
+                best = max(best, mean)
+                updates = algo.get_policy().num_grad_updates
+                reached = mean >= target
+                print(f"  seed {seed}: env_steps={env_steps:6d} updates={updates:5d} train_s={train_time:6.1f} "
+                      f"greedy_mean={mean:6.1f}", flush=True)
+                if on_eval is not None:
+                    on_eval({"seed": seed, "env_steps": env_steps, "updates": updates, "train_s": train_time,
+                             "eval_s": eval_time, "games": eval_games, "greedy_mean": mean,
+                             "greedy_min": float(returns.min()), "greedy_max": float(returns.max()),
+                             "reached": reached})
+                if reached:
+                    break
+        return {"seed": seed, "reached": reached, "env_steps": env_steps,
+                "updates": algo.get_policy().num_grad_updates, "train_s": train_time, "eval_s": eval_time,
+                "best_greedy_mean": best}
+    finally:
+        algo.stop()
+
+
+class _CurveWriter:
+    """Appends evaluation rows to a CSV file, flushed after each row (the header once, for a new or empty file)."""
+
+    def __init__(self, path: str):
+        new = not os.path.exists(path) or os.path.getsize(path) == 0
+        self._file = open(path, "a", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._file, fieldnames=CSV_COLUMNS)
+        if new:
+            self._writer.writeheader()
+
+    def __call__(self, row: dict) -> None:
+        self._writer.writerow({k: (f"{v:.3f}" if isinstance(v, float) else v) for k, v in row.items()})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def print_table(rows: Sequence[dict]) -> None:
+    print("\nseed  reached  env_steps  updates  train_s  eval_s  best_greedy_mean")
+    for r in rows:
+        print(f"{r['seed']:4d}  {str(r['reached']):7s}  {r['env_steps']:9d}  {r['updates']:7d}  {r['train_s']:7.1f}"
+              f"  {r['eval_s']:6.1f}  {r['best_greedy_mean']:16.1f}")
+
+
+def run_benchmark(
+    *,
+    example: str,
+    eval_env: EvalEnvFactory,
+    target: float,
+    eval_games: int,
+    eval_every: int,
+    max_env_steps: int,
+    max_minutes: float,
+    seeds: Sequence[int],
+    overrides: Mapping[str, Any] | str | None = None,
+    eval_max_steps: int | None = None,
+    csv_path: str | None = None,
+) -> list[dict]:
+    """Runs :func:`run_seed` for every seed (Ray must be initialised), prints the table, returns its rows.
+
+    ``overrides`` is a dict or the JSON text of ``--config``; ``csv_path`` appends the evaluation rows there.
+    """
+    if isinstance(overrides, str):
+        overrides = json.loads(overrides)
+    writer = _CurveWriter(csv_path) if csv_path else None
+    try:
+        rows = [run_seed(seed, example=example, eval_env=eval_env, target=target, eval_games=eval_games,
+                         eval_every=eval_every, max_env_steps=max_env_steps, max_minutes=max_minutes,
+                         overrides=overrides, eval_max_steps=eval_max_steps, on_eval=writer)
+                for seed in seeds]
+    finally:
+        if writer is not None:
+            writer.close()
+    print_table(rows)
+    return rows
+
+
+def init_ray(num_cpus: int | None, torch_threads: int = 1) -> None:
+    """One torch thread in the driver (the learner's arithmetic, hence the trajectory, matches across machines) and
+    a local Ray session with ``num_cpus`` CPUs (None: all cores), no dashboard, workers' logs not forwarded."""
+    import ray
+    import torch
+
+    torch.set_num_threads(torch_threads)
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+
+
+def long_run_parser(doc: str, *, example: str, target: float, eval_games: int, eval_every: int,
+                    max_env_steps: int, max_minutes: float) -> argparse.ArgumentParser:
+    """The command line of the long-run benchmarks (LunarLander, Pong-RAM), with their defaults."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--example", default=example, help="tuned-example YAML (default: %(default)s)")
+    parser.add_argument("--target", type=float, default=target, help="greedy mean to reach (default: %(default)s)")
+    parser.add_argument("--eval-games", type=int, default=eval_games,
+                        help="whole games per evaluation (default: %(default)s)")
+    parser.add_argument("--eval-every", type=int, default=eval_every,
+                        help="env steps between evaluations (default: %(default)s)")
+    parser.add_argument("--eval-max-steps", type=int, default=None,
+                        help="cut every evaluation game after this many agent steps (default: play to the end; "
+                             "only for smoke tests: a cut game is no whole game)")
+    parser.add_argument("--max-env-steps", type=int, default=max_env_steps, help="default: %(default)s")
+    parser.add_argument("--max-minutes", type=float, default=max_minutes,
+                        help="training minutes per seed, evaluation excluded (default: %(default)s)")
+    parser.add_argument("--config", help="JSON overrides of the example's config (for tuning)")
+    parser.add_argument("--num-env-runners", type=int, default=None,
+                        help="override the example's num_env_runners (remote env runners; 0: sample in the driver)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="CPUs given to Ray (default: all cores)")
+    parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the driver (default: 1)")
+    parser.add_argument("--csv", metavar="PATH", help="append every evaluation (the curve) to this CSV file")
+    return parser
+
+
+def long_run_main(args: argparse.Namespace, eval_env: EvalEnvFactory,
+                  base_overrides: Mapping[str, Any] | None = None) -> list[dict]:
+    """Runs a :func:`long_run_parser` command line: Ray up, :func:`run_benchmark`, Ray down.
+
+    ``base_overrides`` change the example's config before ``--config`` and ``--num-env-runners`` do."""
+    import ray
+
+    overrides = {**(base_overrides or {}), **(json.loads(args.config) if args.config else {})}
+    if args.num_env_runners is not None:
+        overrides["num_env_runners"] = args.num_env_runners
+    init_ray(args.num_cpus, args.torch_threads)
+    try:
+        return run_benchmark(example=args.example, eval_env=eval_env, target=args.target, eval_games=args.eval_games,
+                             eval_every=args.eval_every, max_env_steps=args.max_env_steps,
+                             max_minutes=args.max_minutes, seeds=args.seeds, overrides=overrides,
+                             eval_max_steps=args.eval_max_steps, csv_path=args.csv)
+    finally:
+        ray.shutdown()

@@ -96,7 +96,7 @@ class _Timers:
 
 def instrument(algo: Any) -> tuple[_Timers, Callable[[], None]]:
     """Wraps the policy's, the model's and the search's entry points with timers; returns (timers, undo)."""
-    import rllib_muzero.policy as policy_module
+    import rllib_muzero.acting as policy_module  # search_with_model calls muzero_search from there
 
     timers = _Timers()
     policy = algo.get_policy()

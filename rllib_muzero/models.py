@@ -77,10 +77,11 @@ def scale_hidden_state(s: Tensor) -> Tensor:
     if s.dim() < 2:
         raise ValueError(f"hidden state must have a batch dimension and at least one more, got shape {tuple(s.shape)}")
     flat = s.reshape(s.shape[0], -1)
-    view = (s.shape[0],) + (1,) * (s.dim() - 1)
-    s_min, s_max = torch.aminmax(flat, dim=1)  # one pass instead of min() and max()
-    s_min, s_max = s_min.reshape(view), s_max.reshape(view)
-    return (s - s_min) / (s_max - s_min + HIDDEN_STATE_SCALE_EPS)
+    s_min, s_max = torch.aminmax(flat, dim=1, keepdim=True)  # one pass instead of min() and max()
+    if torch.is_grad_enabled():
+        return ((flat - s_min) / (s_max - s_min + HIDDEN_STATE_SCALE_EPS)).reshape(s.shape)
+    # Acting: the same operations in the same order, in place on the fresh intermediates (two allocations fewer).
+    return (flat - s_min).div_(s_max.sub_(s_min).add_(HIDDEN_STATE_SCALE_EPS)).reshape(s.shape)
 
 
 class MuZeroModelV2(TorchModelV2, nn.Module, metaclass=abc.ABCMeta):
@@ -257,7 +258,7 @@ def mlp(in_size: int, layers: Sequence[int], out_size: int, activation: str, *, 
     return nn.Sequential(*modules)
 
 
-def _run_mlp(mlp: nn.Sequential, x: Tensor) -> Tensor:
+def _run_mlp(mlp: Sequence[nn.Module], x: Tensor) -> Tensor:
     """``mlp(x)``, calling each layer's ``forward`` directly: the same result without ``nn.Module.__call__``'s hook
     dispatch (~2 us per layer, about a sixth of a 16-row recurrent inference in the search). Forward hooks registered
     on the layers of the built-in network are therefore not run (hooks on the model itself still are)."""
@@ -276,6 +277,14 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
 
     Every MLP is ``Linear -> activation`` per listed layer and a final ``Linear`` without activation. Observations are
     cast to float32 and flattened; no normalisation happens here (wrap the env to normalise).
+
+    Acting path (no gradient): ``recurrent_inference`` runs the first layers of the reward, value and policy heads,
+    which all read the new hidden state, as one stacked ``Linear`` (one matrix product instead of three; the stacked
+    weights are rebuilt whenever a parameter changes, detected by torch's tensor version counters), and feeds the
+    action to the dynamics by indexing a cached identity matrix instead of ``F.one_hot``. Each output element is the
+    same dot product as in the separate layers (bit-identical on the CPU builds we test,
+    ``tests/test_search_cases.py``). With gradients enabled (training) the separate layers run, so autograd sees the
+    plain module graph. Subclasses that override ``dynamics`` or ``prediction`` always take the plain path.
 
     The last layers of the value, reward and policy heads are zero-initialised, so a fresh network predicts uniform
     distributions: policy priors are uniform and value / reward are the mean atom, i.e. 0 on the usual symmetric
@@ -345,6 +354,21 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
         self.reward_head = mlp(hidden_size, options["reward_layers"], self.reward_support_size, act, zero_last=True)
         self.value_head = mlp(hidden_size, options["value_layers"], self.value_support_size, act, zero_last=True)
         self.policy_head = mlp(hidden_size, options["policy_layers"], A, act, zero_last=True)
+        self.register_buffer("_action_eye", torch.eye(A), persistent=False)  # row a = one-hot of action a
+        # The fused acting path (see the class docstring): only when every head has a hidden layer to stack and the
+        # three MuZero functions are this class's own.
+        cls = type(self)
+        self._fuse_heads = (
+            all(options[key] for key in ("reward_layers", "value_layers", "policy_layers"))
+            and cls.dynamics is FullyConnectedMuZeroModel.dynamics
+            and cls.prediction is FullyConnectedMuZeroModel.prediction
+        )
+        self._head_activation = _ACTIVATIONS[act]()
+        # The heads' layers after the first Linear and its activation (plain lists: slicing a Sequential builds one).
+        self._head_tails = tuple(list(head)[2:] for head in (self.reward_head, self.value_head, self.policy_head))
+        self._head_firsts = tuple(head[0] for head in (self.reward_head, self.value_head, self.policy_head))
+        self._head_widths = [layer.out_features for layer in self._head_firsts]
+        self._stacked_heads: tuple[tuple, Tensor, Tensor] | None = None  # (versions key, weight, bias)
 
     @classmethod
     def _resolve_options(cls, model_config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -381,12 +405,41 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
         return scale_hidden_state(_run_mlp(self.representation_net, x))
 
     def dynamics(self, hidden: Tensor, action: Tensor) -> tuple[Tensor, Tensor]:
-        action_one_hot = F.one_hot(action.long(), self.num_actions).to(hidden.dtype)  # (B, A)
-        next_hidden = scale_hidden_state(_run_mlp(self.dynamics_net, torch.cat([hidden, action_one_hot], dim=-1)))
+        next_hidden = self._next_hidden(hidden, action)
         return next_hidden, _run_mlp(self.reward_head, next_hidden)
 
     def prediction(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
         return _run_mlp(self.policy_head, hidden), _run_mlp(self.value_head, hidden)
+
+    def _next_hidden(self, hidden: Tensor, action: Tensor) -> Tensor:
+        """The dynamics' state transition: ``scale(dynamics_net(concat[hidden, one_hot(action)]))``."""
+        action_one_hot = self._action_eye[action.long()].to(hidden.dtype)  # (B, A), rows of the identity
+        return scale_hidden_state(_run_mlp(self.dynamics_net, torch.cat([hidden, action_one_hot], dim=-1)))
+
+    def recurrent_inference(self, hidden: Tensor, action: Tensor | np.ndarray) -> NetworkOutput:
+        """``dynamics`` then ``prediction``; without gradients the three heads' first layers run as one (see above)."""
+        if not self._fuse_heads or torch.is_grad_enabled():
+            return super().recurrent_inference(hidden, action)
+        action = torch.as_tensor(action, device=hidden.device)
+        next_hidden = self._next_hidden(hidden, action)
+        weight, bias = self._stacked_first_layers()
+        first = self._head_activation.forward(F.linear(next_hidden, weight, bias))
+        reward_in, value_in, policy_in = first.split(self._head_widths, dim=1)
+        reward_tail, value_tail, policy_tail = self._head_tails
+        return NetworkOutput(next_hidden, _run_mlp(reward_tail, reward_in), _run_mlp(policy_tail, policy_in),
+                             _run_mlp(value_tail, value_in))
+
+    def _stacked_first_layers(self) -> tuple[Tensor, Tensor]:
+        """The reward, value and policy heads' first ``Linear`` layers stacked into one, cached until a parameter
+        changes (an optimizer step or ``load_state_dict`` bumps the tensors' versions; ``.to()`` makes new ones)."""
+        params = [p for layer in self._head_firsts for p in layer._parameters.values()]  # weight, bias of each
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        if self._stacked_heads is None or self._stacked_heads[0] != key:
+            with torch.no_grad():
+                weight = torch.cat(params[0::2])
+                bias = torch.cat(params[1::2])
+            self._stacked_heads = (key, weight, bias)
+        return self._stacked_heads[1], self._stacked_heads[2]
 
 
 def register_models() -> None:

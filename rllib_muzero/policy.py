@@ -111,8 +111,9 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self.view_requirements[columns.STEP_INFOS] = ViewRequirement(
             data_col=SampleBatch.INFOS, shift=1, used_for_compute_actions=False)
         # The search reads the observations only: RLlib need not assemble the other columns for every action
-        # computation, and nothing downstream (the replay) reads previous actions / rewards (~25% less sampler time).
-        for key in (SampleBatch.PREV_ACTIONS, SampleBatch.PREV_REWARDS):
+        # computation, and nothing downstream (the replay) reads previous actions / rewards or next observations
+        # (o_{t+1} is the next row's o_t): ~25% less sampler time.
+        for key in (SampleBatch.PREV_ACTIONS, SampleBatch.PREV_REWARDS, SampleBatch.NEXT_OBS):
             self.view_requirements.pop(key, None)
         for key, requirement in self.view_requirements.items():
             if key != SampleBatch.OBS:

@@ -348,3 +348,34 @@ def test_check_rejects_nan_outputs():
         model.value_head[-1].bias.fill_(float("nan"))
     with pytest.raises(ValueError, match="NaN"):
         check_muzero_model(model, OBS_SPACE, ACTION_SPACE)
+
+
+def test_acting_path_equals_the_training_path_and_follows_weight_changes():
+    """Without gradients the heads' first layers run stacked; the outputs must equal the plain module graph's, also
+    after an optimizer step and a load_state_dict (the stacked weights are rebuilt when a parameter changes)."""
+    torch.manual_seed(0)
+    model = make_model()
+    for parameter in model.parameters():  # non-zero last layers, so every output depends on every layer
+        torch.nn.init.normal_(parameter, std=0.2)
+    hidden = torch.rand(5, model.hidden_size)
+    action = torch.tensor([0, 1, 2, 1, 0]) % model.num_actions
+
+    def both_paths():
+        plain = model.recurrent_inference(hidden, action)  # gradients enabled: the module graph
+        with torch.no_grad():
+            fast = model.recurrent_inference(hidden, action)
+        return plain, fast
+
+    def assert_same(plain, fast):
+        for field in ("hidden", "reward_logits", "policy_logits", "value_logits"):
+            torch.testing.assert_close(getattr(fast, field), getattr(plain, field).detach(), rtol=0, atol=1e-6)
+
+    assert model._fuse_heads
+    assert_same(*both_paths())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    plain, _ = both_paths()
+    (plain.reward_logits.sum() + plain.value_logits.sum() + plain.policy_logits.sum()).backward()
+    optimizer.step()
+    assert_same(*both_paths())
+    model.load_state_dict({k: torch.randn_like(v) for k, v in model.state_dict().items()})
+    assert_same(*both_paths())

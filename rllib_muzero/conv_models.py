@@ -191,7 +191,8 @@ class _ConvHead(nn.Module):
 
 class _ImageMuZeroModel(MuZeroModelV2):
     """Observations to float planes ``(B, C, H, W)``, actions to one-hot planes, options checked against
-    ``DEFAULT_CONFIG``. Subclasses extend ``DEFAULT_CONFIG`` and ``_check_options`` and build their layers."""
+    ``DEFAULT_CONFIG``. Subclasses extend ``DEFAULT_CONFIG`` and ``_check_options`` and build their layers in
+    ``_build`` (called at the end of ``__init__``)."""
 
     REGISTERED_NAME: ClassVar[str] = ""
     DEFAULT_CONFIG: ClassVar[Mapping[str, Any]] = {"channels_last": AUTO, "scale_obs": AUTO}
@@ -236,6 +237,11 @@ class _ImageMuZeroModel(MuZeroModelV2):
         if scale == AUTO:
             scale = np.dtype(obs_space.dtype) == np.uint8 and bool(np.all(obs_space.high == 255))
         self.obs_scale: float | None = 1.0 / 255.0 if scale else None
+        self._build()
+
+    def _build(self) -> None:
+        """Builds the layers from ``self.options``, ``self.input_shape`` and the support sizes (subclasses)."""
+        raise NotImplementedError
 
     @staticmethod
     def _is_channels_last(shape: tuple[int, ...], option: bool | str) -> bool:
@@ -354,28 +360,7 @@ class ResidualMuZeroModel(_ImageMuZeroModel):
         **_ImageMuZeroModel.DEFAULT_CONFIG,
     }
 
-    def __init__(
-        self,
-        obs_space: gym.spaces.Space,
-        action_space: gym.spaces.Space,
-        num_outputs: int | None,
-        model_config: dict,
-        name: str,
-        *,
-        value_support_size: int,
-        reward_support_size: int,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            obs_space,
-            action_space,
-            num_outputs,
-            model_config,
-            name,
-            value_support_size=value_support_size,
-            reward_support_size=reward_support_size,
-            **kwargs,
-        )
+    def _build(self) -> None:
         o = self.options
         C, norm, A = o["channels"], o["norm"], self.num_actions
         in_channels, height, width = self.input_shape
@@ -483,28 +468,7 @@ class TinyConvMuZeroModel(_ImageMuZeroModel):
         **_ImageMuZeroModel.DEFAULT_CONFIG,
     }
 
-    def __init__(
-        self,
-        obs_space: gym.spaces.Space,
-        action_space: gym.spaces.Space,
-        num_outputs: int | None,
-        model_config: dict,
-        name: str,
-        *,
-        value_support_size: int,
-        reward_support_size: int,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(
-            obs_space,
-            action_space,
-            num_outputs,
-            model_config,
-            name,
-            value_support_size=value_support_size,
-            reward_support_size=reward_support_size,
-            **kwargs,
-        )
+    def _build(self) -> None:
         o = self.options
         H, A = o["hidden_channels"], self.num_actions
         channels, height, width = self.input_shape

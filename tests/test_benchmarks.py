@@ -6,6 +6,8 @@ The benchmark scripts import ``_target_return`` from their own folder (``python 
 """
 
 import csv
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -101,3 +103,19 @@ def test_pong_evaluation_env_is_the_training_env_without_episode_life():
     finally:
         train_env.close()
         eval_env.close()
+
+
+@pytest.mark.parametrize("script,args", [
+    ("selfplay_speed.py", ["--envs", "2", "--simulations", "2", "--fragment", "5", "--repeats", "1", "--warmup", "0"]),
+    ("search_speed.py", ["--batch-sizes", "1", "2", "--simulations", "3", "--repeats", "1"]),
+    ("learner_speed.py", ["--batch-size", "16", "--capacity", "2000", "--updates", "2", "--repeats", "1",
+                          "--warmup", "1"]),
+    ("replay_memory.py", []),
+])
+def test_speed_benchmarks_run_and_print_their_figures(script, args):
+    """Each speed benchmark still runs against the current package (a renamed function broke one once) and prints
+    a table; its figures are not checked (no clock in tests)."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any(ch.isdigit() for ch in result.stdout), result.stdout

@@ -11,11 +11,16 @@ The network is fixed so results compare across implementations: representation 4
 value heads 64->64->601 (categorical support -300..300, scalar = expectation under the softmax), policy head 64->64->2.
 Single thread, CPU, all network calls under ``torch.inference_mode()``; the search explores (Dirichlet noise on).
 
+``--network default`` times the package's default CartPole network instead: ``muzero_fc`` with its defaults (the same
+shapes as the comparison network) called through the package's acting glue (:func:`rllib_muzero.acting.root_output`
+and :func:`rllib_muzero.acting.make_recurrent_fn`, what the policy's search uses), random weights.
+
 Reproduce::
 
     python benchmarks/search_speed.py                       # batch sizes 1 8 32 128, 50 simulations
     python benchmarks/search_speed.py --batch-sizes 1 32 --repeats 15
     python benchmarks/search_speed.py --profile 32          # cProfile of searches with 32 roots
+    python benchmarks/search_speed.py --network default     # the package's muzero_fc through its acting glue
 """
 
 from __future__ import annotations
@@ -32,10 +37,15 @@ import torch
 from torch import nn
 
 try:
-    from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchWorkspace, muzero_search
+    import rllib_muzero  # noqa: F401
 except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchWorkspace, muzero_search
+import gymnasium as gym  # noqa: E402
+
+from rllib_muzero.acting import make_recurrent_fn, root_output  # noqa: E402
+from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchWorkspace, muzero_search  # noqa: E402
+from rllib_muzero.models import FullyConnectedMuZeroModel  # noqa: E402
+from rllib_muzero.support import DiscreteSupport  # noqa: E402
 
 OBS_DIM, HIDDEN, NUM_ACTIONS, SUPPORT = 4, 64, 2, 300
 
@@ -86,13 +96,33 @@ class BenchNet(nn.Module):
         )
 
 
+class PackageNet:
+    """The default CartPole network (``muzero_fc`` defaults, supports -300..300) through the package's acting glue."""
+
+    def __init__(self) -> None:
+        size = 2 * SUPPORT + 1
+        self.model = FullyConnectedMuZeroModel(
+            gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), gym.spaces.Discrete(NUM_ACTIONS), NUM_ACTIONS,
+            {}, "search_speed", value_support_size=size, reward_support_size=size).eval()
+        with torch.no_grad():  # non-zero heads (a fresh muzero_fc predicts uniform distributions)
+            for parameter in self.model.parameters():
+                parameter.normal_(0.0, 0.1)
+        self.support = DiscreteSupport(-SUPPORT, SUPPORT)
+        self.recurrent_inference = make_recurrent_fn(self.model, torch.device("cpu"), value_support=self.support,
+                                                     reward_support=self.support, use_target_transform=True)
+
+    def initial_inference(self, obs: torch.Tensor) -> RootOutput:
+        return root_output(self.model, obs, value_support=self.support, use_target_transform=True)
+
+
 def _time(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def measure(net: BenchNet, batch_size: int, simulations: int, repeats: int, seed: int = 0) -> dict[str, float]:
+def measure(net: BenchNet | PackageNet, batch_size: int, simulations: int, repeats: int,
+            seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     workspace = SearchWorkspace()
     with torch.inference_mode():
@@ -140,6 +170,8 @@ def main() -> None:
     parser.add_argument("--simulations", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per measurement (median)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--network", choices=("comparison", "default"), default="comparison",
+                        help="issue #7's fixed comparison network, or the package's default CartPole network")
     parser.add_argument(
         "--profile",
         type=int,
@@ -151,7 +183,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    net = BenchNet().eval()
+    net = BenchNet().eval() if args.network == "comparison" else PackageNet()
 
     if args.profile is not None:
         measure(net, args.profile, args.simulations, repeats=1, seed=args.seed)  # warm-up
@@ -162,7 +194,8 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
 
-    print(f"muzero_search, {args.simulations} simulations, 1 thread, torch {torch.__version__}")
+    print(f"muzero_search, {args.network} network, {args.simulations} simulations, 1 thread, "
+          f"torch {torch.__version__}")
     print(f"{'roots':>6} {'search ms':>10} {'bound ms':>10} {'search exp/s':>13} {'bound exp/s':>12} {'ratio':>6}")
     for batch_size in args.batch_sizes:
         r = measure(net, batch_size, args.simulations, args.repeats, seed=args.seed)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
+from rllib_muzero.mcts import RecurrentFn, RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
 from rllib_muzero.support import DiscreteSupport, support_to_scalar_numpy
 
 # The config keys the search reads (MuZeroConfig names).
@@ -60,6 +60,34 @@ def reward_and_value(
     return both[:batch_size], both[batch_size:]
 
 
+def root_output(model: Any, obs: torch.Tensor, *, value_support: DiscreteSupport | None,
+                use_target_transform: bool) -> RootOutput:
+    """The search's root arrays from ``model.initial_inference(obs)`` (call under ``torch.inference_mode()``)."""
+    out = model.initial_inference(obs)
+    return RootOutput(
+        prior_logits=out.policy_logits.float().cpu().numpy(),
+        value=to_scalar(out.value_logits, value_support, use_target_transform),
+        embedding=out.hidden,
+    )
+
+
+def make_recurrent_fn(model: Any, device: torch.device, *, value_support: DiscreteSupport | None,
+                      reward_support: DiscreteSupport | None, use_target_transform: bool) -> RecurrentFn:
+    """The search's ``recurrent_fn``: one batched ``model.recurrent_inference`` per simulation, its outputs turned into
+    the tree's numpy scalars (call it under ``torch.inference_mode()``)."""
+    on_cpu = device.type == "cpu"
+
+    def recurrent_fn(embedding: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
+        actions_t = torch.from_numpy(actions) if on_cpu else torch.as_tensor(actions, device=device)
+        out = model.recurrent_inference(embedding, actions_t)
+        reward, value = reward_and_value(out.reward_logits, out.value_logits, reward_support, value_support,
+                                         use_target_transform)
+        return RecurrentOutput(reward=reward, prior_logits=out.policy_logits.float().cpu().numpy(), value=value,
+                               embedding=out.hidden)
+
+    return recurrent_fn
+
+
 @torch.inference_mode()
 def search_with_model(
     model: Any,
@@ -85,23 +113,9 @@ def search_with_model(
         invalid_actions: [B, A] bool, True where a root action is illegal.
         num_simulations: overrides ``config["num_simulations"]``.
     """
-    root_out = model.initial_inference(obs)
-    root = RootOutput(
-        prior_logits=root_out.policy_logits.float().cpu().numpy(),
-        value=to_scalar(root_out.value_logits, value_support, use_target_transform),
-        embedding=root_out.hidden,
-    )
-    device = obs.device
-    on_cpu = device.type == "cpu"
-
-    def recurrent_fn(embedding: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
-        actions_t = torch.from_numpy(actions) if on_cpu else torch.as_tensor(actions, device=device)
-        out = model.recurrent_inference(embedding, actions_t)
-        reward, value = reward_and_value(out.reward_logits, out.value_logits, reward_support, value_support,
-                                         use_target_transform)
-        return RecurrentOutput(reward=reward, prior_logits=out.policy_logits.float().cpu().numpy(), value=value,
-                               embedding=out.hidden)
-
+    root = root_output(model, obs, value_support=value_support, use_target_transform=use_target_transform)
+    recurrent_fn = make_recurrent_fn(model, obs.device, value_support=value_support, reward_support=reward_support,
+                                     use_target_transform=use_target_transform)
     return muzero_search(
         root,
         recurrent_fn,

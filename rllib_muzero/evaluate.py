@@ -182,11 +182,16 @@ def _peek_algorithm_class(state_file: str, max_ops: int = 5000) -> tuple[str, st
                         strings.append(arg)
                     elif arg == "algorithm_class":
                         after_key = True
-                elif after_key and op.name == "STACK_GLOBAL":
-                    return (strings[-2], strings[-1]) if len(strings) >= 2 else None
-                elif after_key and op.name == "GLOBAL":
-                    module, _, name = str(arg).partition(" ")
-                    return module, name
+                elif after_key and op.name in ("STACK_GLOBAL", "GLOBAL"):
+                    if op.name == "GLOBAL":
+                        module, _, name = str(arg).partition(" ")
+                    elif len(strings) >= 2:
+                        module, name = strings[-2], strings[-1]
+                    else:
+                        return None
+                    # A class pickled by value (cloudpickle rebuilds it, e.g. Tune's trainable wrapper) starts with
+                    # cloudpickle's own helpers: tell at load time.
+                    return None if "cloudpickle" in module else (module, name)
                 elif after_key and op.name not in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET"):
                     return None  # pickled by value or in another layout: tell at load time
     except (OSError, ValueError, pickle.UnpicklingError):

@@ -99,3 +99,22 @@ def test_asha_search_example_runs_with_small_budgets(ray_session, tmp_path):
     assert len(results) == 2 and not results.errors
     searched = {(r.config["lr"], r.config["td_steps"], r.config["num_simulations"]) for r in results}
     assert len(searched) == 2  # two different points of the search space
+
+
+@pytest.mark.integration
+def test_a_checkpoint_written_by_train_is_accepted_by_evaluate(ray_session, tmp_path):
+    """Tune pickles the trainable's class by value (cloudpickle) in the checkpoints that `train` writes; evaluate's
+    class check must see through that and play them."""
+    from rllib_muzero.evaluate import check_muzero_checkpoint, load_algorithm
+
+    code = cli.main(["train", "tuned_examples/cartpole-muzero.yaml", "--stop", '{"training_iteration": 1}',
+                     "--config", json.dumps(TINY), "--checkpoint-at-end", "--storage-path", str(tmp_path), "--quiet"])
+    assert code == 0
+    checkpoints = sorted(tmp_path.rglob("checkpoint_*"))
+    assert checkpoints
+    check_muzero_checkpoint(str(checkpoints[-1]))
+    algo = load_algorithm(str(checkpoints[-1]))
+    try:
+        assert algo.get_policy().model is not None
+    finally:
+        algo.stop()

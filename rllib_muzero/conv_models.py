@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rllib_muzero.models import MuZeroModelV2, mlp, scale_hidden_state
+from rllib_muzero.models import MuZeroModelV2, merge_model_options, mlp, scale_hidden_state
 
 __all__ = ["CONV_MODELS", "ResidualMuZeroModel", "TinyConvMuZeroModel"]
 
@@ -254,15 +254,7 @@ class _ImageMuZeroModel(MuZeroModelV2):
 
     @classmethod
     def _resolve_options(cls, model_config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        given = dict((model_config or {}).get("custom_model_config") or {})
-        given.update(kwargs)
-        unknown = sorted(set(given) - set(cls.DEFAULT_CONFIG))
-        if unknown:
-            raise ValueError(
-                f"unknown `model.custom_model_config` option(s) {unknown} for {cls.__name__}; "
-                f"known: {sorted(cls.DEFAULT_CONFIG)}"
-            )
-        options = {**cls.DEFAULT_CONFIG, **given}
+        options = merge_model_options(cls, model_config, kwargs)
         cls._check_options(options)
         return options
 

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "FullyConnectedMuZeroModel",
+    "merge_model_options",
     "mlp",
     "MuZeroModelV2",
     "NetworkOutput",
@@ -243,6 +244,22 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+def merge_model_options(model_class: type, model_config: Mapping[str, Any] | None,
+                        kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A built-in network's options: ``model_class.DEFAULT_CONFIG`` updated by ``model_config["custom_model_config"]``
+    and then by the constructor's keyword arguments (where RLlib passes them). Unknown names are an error: a typo
+    would otherwise pass silently. Values are the caller's to check."""
+    given = dict((model_config or {}).get("custom_model_config") or {})
+    given.update(kwargs)
+    unknown = sorted(set(given) - set(model_class.DEFAULT_CONFIG))
+    if unknown:
+        raise ValueError(
+            f"unknown `model.custom_model_config` option(s) {unknown} for {model_class.__name__}; "
+            f"known: {sorted(model_class.DEFAULT_CONFIG)}"
+        )
+    return {**model_class.DEFAULT_CONFIG, **given}
+
+
 def mlp(in_size: int, layers: Sequence[int], out_size: int, activation: str, *, zero_last: bool) -> nn.Sequential:
     """``Linear -> activation`` for each hidden layer, then a plain ``Linear`` to ``out_size``."""
     modules: list[nn.Module] = []
@@ -372,15 +389,7 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
 
     @classmethod
     def _resolve_options(cls, model_config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
-        given = dict((model_config or {}).get("custom_model_config") or {})
-        given.update(kwargs)
-        unknown = sorted(set(given) - set(cls.DEFAULT_CONFIG))
-        if unknown:
-            raise ValueError(
-                f"unknown `model.custom_model_config` option(s) {unknown} for {cls.__name__}; "
-                f"known: {sorted(cls.DEFAULT_CONFIG)}"
-            )
-        options = {**cls.DEFAULT_CONFIG, **given}
+        options = merge_model_options(cls, model_config, kwargs)
 
         def positive_int(key: str, value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:

@@ -20,6 +20,7 @@ setup(
         "numba>=0.60",
         "pyyaml>=6",
         "psutil>=5",
+        "threadpoolctl>=3.1",  # the numpy search inference keeps numpy's BLAS at torch's thread count
     ],
     extras_require={
         "test": ["pytest>=8", "ruff", "tensorboard", "gymnasium[atari]>=1.0,<1.3", "box2d==2.3.10", "pygame>=2.1.3",

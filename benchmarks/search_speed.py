@@ -12,8 +12,13 @@ value heads 64->64->601 (categorical support -300..300, scalar = expectation und
 Single thread, CPU, all network calls under ``torch.inference_mode()``; the search explores (Dirichlet noise on).
 
 ``--network default`` times the package's default CartPole network instead: ``muzero_fc`` with its defaults (the same
-shapes as the comparison network) called through the package's acting glue (:func:`rllib_muzero.acting.root_output`
-and :func:`rllib_muzero.acting.make_recurrent_fn`, what the policy's search uses), random weights.
+shapes as the comparison network, random weights, targets transformed so h^-1 is applied) through the package's own
+acting glue, what the policy's search runs.
+
+``--inference`` picks how the network is evaluated: ``numpy`` (default; the package's lean inference,
+:mod:`rllib_muzero.numpy_inference`, which the policy uses for ``muzero_fc`` on the CPU; for the comparison network it
+is built from the same torch layers) or ``torch`` (eager torch under ``inference_mode``, the policy's path for other
+networks and on GPUs).
 
 Reproduce::
 
@@ -21,6 +26,7 @@ Reproduce::
     python benchmarks/search_speed.py --batch-sizes 1 32 --repeats 15
     python benchmarks/search_speed.py --profile 32          # cProfile of searches with 32 roots
     python benchmarks/search_speed.py --network default     # the package's muzero_fc through its acting glue
+    python benchmarks/search_speed.py --inference torch     # the networks in eager torch
 """
 
 from __future__ import annotations
@@ -42,9 +48,10 @@ except ImportError:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import gymnasium as gym  # noqa: E402
 
-from rllib_muzero.acting import make_recurrent_fn, root_output  # noqa: E402
+from rllib_muzero.acting import make_recurrent_fn, numpy_root_and_recurrent_fn, root_output  # noqa: E402
 from rllib_muzero.mcts import RecurrentOutput, RootOutput, SearchWorkspace, muzero_search  # noqa: E402
 from rllib_muzero.models import FullyConnectedMuZeroModel  # noqa: E402
+from rllib_muzero.numpy_inference import NumpyMLPInference, dense_layers  # noqa: E402
 from rllib_muzero.support import DiscreteSupport  # noqa: E402
 
 OBS_DIM, HIDDEN, NUM_ACTIONS, SUPPORT = 4, 64, 2, 300
@@ -115,13 +122,40 @@ class PackageNet:
         return root_output(self.model, obs, value_support=self.support, use_target_transform=True)
 
 
+class NumpyNet:
+    """A network evaluated by its numpy engine (:mod:`rllib_muzero.numpy_inference`) through the package's glue
+    (:func:`rllib_muzero.acting.numpy_root_and_recurrent_fn`)."""
+
+    def __init__(self, engine: NumpyMLPInference, use_target_transform: bool) -> None:
+        self.engine = engine
+        self.support = DiscreteSupport(-SUPPORT, SUPPORT)
+        self.use_target_transform = use_target_transform
+        self.recurrent_inference = None
+
+    @classmethod
+    def comparison(cls, net: BenchNet) -> NumpyNet:
+        layers = [dense_layers(m) for m in (net.representation, net.dynamics, net.reward_head, net.value_head,
+                                            net.policy_head)]
+        return cls(NumpyMLPInference(*layers, num_actions=NUM_ACTIONS), use_target_transform=False)
+
+    @classmethod
+    def default(cls, net: PackageNet) -> NumpyNet:
+        return cls(net.model.numpy_inference(), use_target_transform=True)
+
+    def initial_inference(self, obs: torch.Tensor) -> RootOutput:
+        root, self.recurrent_inference = numpy_root_and_recurrent_fn(
+            self.engine, obs, value_support=self.support, reward_support=self.support,
+            use_target_transform=self.use_target_transform)
+        return root
+
+
 def _time(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
 
-def measure(net: BenchNet | PackageNet, batch_size: int, simulations: int, repeats: int,
+def measure(net: BenchNet | PackageNet | NumpyNet, batch_size: int, simulations: int, repeats: int,
             seed: int = 0) -> dict[str, float]:
     rng = np.random.default_rng(seed)
     workspace = SearchWorkspace()
@@ -172,6 +206,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--network", choices=("comparison", "default"), default="comparison",
                         help="issue #7's fixed comparison network, or the package's default CartPole network")
+    parser.add_argument("--inference", choices=("numpy", "torch"), default="numpy",
+                        help="the package's lean numpy inference (the policy's CPU path for muzero_fc) or eager torch")
     parser.add_argument(
         "--profile",
         type=int,
@@ -184,7 +220,13 @@ def main() -> None:
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     net = BenchNet().eval() if args.network == "comparison" else PackageNet()
+    if args.inference == "numpy":
+        net = NumpyNet.comparison(net) if args.network == "comparison" else NumpyNet.default(net)
+    with NumpyMLPInference.blas_threads(1):  # one thread for numpy's BLAS too
+        run(net, args)
 
+
+def run(net: BenchNet | PackageNet | NumpyNet, args: argparse.Namespace) -> None:
     if args.profile is not None:
         measure(net, args.profile, args.simulations, repeats=1, seed=args.seed)  # warm-up
         profiler = cProfile.Profile()
@@ -194,8 +236,8 @@ def main() -> None:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
 
-    print(f"muzero_search, {args.network} network, {args.simulations} simulations, 1 thread, "
-          f"torch {torch.__version__}")
+    print(f"muzero_search, {args.network} network, {args.inference} inference, {args.simulations} simulations, "
+          f"1 thread, torch {torch.__version__}")
     print(f"{'roots':>6} {'search ms':>10} {'bound ms':>10} {'search exp/s':>13} {'bound exp/s':>12} {'ratio':>6}")
     for batch_size in args.batch_sizes:
         r = measure(net, batch_size, args.simulations, args.repeats, seed=args.seed)

@@ -17,9 +17,11 @@ take the cores, while the CPU-time figure stays close to what an idle core gives
 the CPU-time figure when comparing runs made under different load. A second series of samples, instrumented by
 wrapping the policy's and the model's methods (about a microsecond per call), splits the thread's CPU time into:
 
-- network: ``model.initial_inference`` + ``model.recurrent_inference`` (the torch forward passes);
-- search glue: the policy's conversion of network outputs for the tree (``support_to_scalar``, ``h_inverse``,
-  ``.cpu().numpy()``, building ``RootOutput`` / ``RecurrentOutput``) and the observation tensor;
+- network: the forward passes: the numpy engine's ``initial_inference`` + ``recurrent_inference`` (the policy's CPU
+  path for ``muzero_fc``, :mod:`rllib_muzero.numpy_inference`; they include the read-out of the value and reward heads
+  to scalars), or the model's torch methods with ``--inference torch``;
+- search glue: the conversion of network outputs for the tree (torch path: ``support_to_scalar``, ``h_inverse``,
+  ``.cpu().numpy()``), building ``RootOutput`` / ``RecurrentOutput``, and the observation tensor;
 - tree: :func:`rllib_muzero.mcts.muzero_search` minus the time spent inside its ``recurrent_fn``;
 - policy other: ``compute_actions_from_input_dict`` outside the search (action selection, visit distributions);
 - RLlib sampler: everything in ``sample()`` outside ``compute_actions_from_input_dict`` (env steps, connectors,
@@ -33,6 +35,7 @@ Reproduce::
     python benchmarks/selfplay_speed.py --repeats 15 --envs 32
     python benchmarks/selfplay_speed.py --support 20     # supports (-20, 20): what CartPole's returns need
     python benchmarks/selfplay_speed.py --profile        # cProfile of 4 samples instead of the table
+    python benchmarks/selfplay_speed.py --inference torch   # the network in eager torch instead of the numpy engine
 """
 
 from __future__ import annotations
@@ -109,13 +112,28 @@ def instrument(algo: Any) -> tuple[_Timers, Callable[[], None]]:
     policy_module.muzero_search = timers.wrap("muzero_search", search_fn)
     model.initial_inference = timers.wrap("network", model.initial_inference)
     model.recurrent_inference = timers.wrap("network_recurrent", model.recurrent_inference)
+    real_numpy_inference = model.numpy_inference
+    engines = []
+
+    def numpy_inference() -> Any:
+        engine = real_numpy_inference()
+        if engine is not None and "recurrent_inference" not in engine.__dict__:
+            engine.initial_inference = timers.wrap("network", engine.initial_inference)
+            engine.recurrent_inference = timers.wrap("network_recurrent", engine.recurrent_inference)
+            engines.append(engine)
+        return engine
+
+    model.numpy_inference = numpy_inference
     policy.search = timers.wrap("policy_search", policy.search)
     policy.compute_actions_from_input_dict = timers.wrap("compute_actions", policy.compute_actions_from_input_dict)
 
     def undo() -> None:
         policy_module.muzero_search = real_search_fn
-        for name in ("initial_inference", "recurrent_inference"):
+        for name in ("initial_inference", "recurrent_inference", "numpy_inference"):
             model.__dict__.pop(name, None)
+        for engine in engines:
+            for name in ("initial_inference", "recurrent_inference"):
+                engine.__dict__.pop(name, None)
         for name in ("search", "compute_actions_from_input_dict"):
             policy.__dict__.pop(name, None)
 
@@ -149,6 +167,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed samples first")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--inference", choices=("numpy", "torch"), default="numpy",
+                        help="the policy's default numpy engine for muzero_fc on the CPU, or eager torch")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the instrumented series")
     parser.add_argument("--profile", action="store_true", help="cProfile 4 samples instead of the table")
     args = parser.parse_args()
@@ -160,6 +180,8 @@ def main() -> None:
     try:
         algo = build_algo(args)
         runner = algo.env_runner
+        if args.inference == "torch":
+            algo.get_policy().model.numpy_inference = lambda: None  # search_with_model then runs torch
         for _ in range(args.warmup):
             runner.sample()
 
@@ -202,8 +224,8 @@ def main() -> None:
 
     print(
         f"self-play, CartPole-v1, {args.envs} envs/runner, {args.simulations} simulations, supports "
-        f"[-{args.support}, {args.support}], {args.threads} thread(s), {steps} env steps per sample, "
-        f"torch {torch.__version__}"
+        f"[-{args.support}, {args.support}], {args.inference} inference, {args.threads} thread(s), {steps} env steps "
+        f"per sample, torch {torch.__version__}"
     )
     print(f"{'':<30}{'median':>8}{'min':>8}{'max':>8}   ({args.repeats} samples)")
     for name, values in (("env steps/s (wall clock)", rates), ("env steps/s (thread CPU time)", cpu_rates)):

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from rllib_muzero.mcts import RecurrentFn, RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
+from rllib_muzero.numpy_inference import NumpyMLPInference, Readout
 from rllib_muzero.support import DiscreteSupport, support_to_scalar_numpy
 
 # The config keys the search reads (MuZeroConfig names).
@@ -88,6 +89,29 @@ def make_recurrent_fn(model: Any, device: torch.device, *, value_support: Discre
     return recurrent_fn
 
 
+def numpy_root_and_recurrent_fn(
+    engine: NumpyMLPInference,
+    obs: torch.Tensor,
+    *,
+    value_support: DiscreteSupport | None,
+    reward_support: DiscreteSupport | None,
+    use_target_transform: bool,
+) -> tuple[RootOutput, RecurrentFn]:
+    """:func:`root_output` and :func:`make_recurrent_fn` through the network's numpy engine (CPU ``obs``): the
+    embeddings are numpy arrays and the engine reads out the scalars itself."""
+    value_readout = Readout(value_support, use_target_transform)
+    reward_readout = value_readout if reward_support == value_support else Readout(reward_support, use_target_transform)
+    hidden, prior_logits, value = engine.initial_inference(obs.numpy(), value_readout)
+    root = RootOutput(prior_logits=prior_logits, value=value, embedding=hidden)
+
+    def recurrent_fn(embedding: np.ndarray, actions: np.ndarray) -> RecurrentOutput:
+        next_hidden, reward, logits, value = engine.recurrent_inference(embedding, actions, reward_readout,
+                                                                        value_readout)
+        return RecurrentOutput(reward=reward, prior_logits=logits, value=value, embedding=next_hidden)
+
+    return root, recurrent_fn
+
+
 @torch.inference_mode()
 def search_with_model(
     model: Any,
@@ -102,8 +126,14 @@ def search_with_model(
     invalid_actions: np.ndarray | None = None,
     workspace: SearchWorkspace | None = None,
     num_simulations: int | None = None,
+    numpy_inference: bool = True,
 ) -> SearchOutput:
     """One batched search from the model observations ``obs`` [B, *obs_shape] (already on the model's device).
+
+    On the CPU, a network that offers a numpy engine (``model.numpy_inference()``, e.g. the built-in ``muzero_fc``) is
+    searched through it (:mod:`rllib_muzero.numpy_inference`: the same functions without torch's per-operator
+    overhead, numpy's BLAS limited to ``torch.get_num_threads()`` threads); every other network, and every network on
+    an accelerator, runs through torch.
 
     Args:
         model: anything with ``initial_inference(obs)`` / ``recurrent_inference(hidden, action)`` returning
@@ -112,10 +142,26 @@ def search_with_model(
         explore: add Dirichlet noise at the root (drawn from ``rng``).
         invalid_actions: [B, A] bool, True where a root action is illegal.
         num_simulations: overrides ``config["num_simulations"]``.
+        numpy_inference: ``False`` searches through torch even when a numpy engine is offered.
     """
-    root = root_output(model, obs, value_support=value_support, use_target_transform=use_target_transform)
-    recurrent_fn = make_recurrent_fn(model, obs.device, value_support=value_support, reward_support=reward_support,
-                                     use_target_transform=use_target_transform)
+    engine = None
+    if numpy_inference and obs.device.type == "cpu" and hasattr(model, "numpy_inference"):
+        engine = model.numpy_inference()
+    if engine is None:
+        root = root_output(model, obs, value_support=value_support, use_target_transform=use_target_transform)
+        recurrent_fn = make_recurrent_fn(model, obs.device, value_support=value_support,
+                                         reward_support=reward_support, use_target_transform=use_target_transform)
+        return _search(root, recurrent_fn, config, explore, rng, invalid_actions, workspace, num_simulations)
+    with engine.blas_threads(torch.get_num_threads()):
+        root, recurrent_fn = numpy_root_and_recurrent_fn(engine, obs, value_support=value_support,
+                                                         reward_support=reward_support,
+                                                         use_target_transform=use_target_transform)
+        return _search(root, recurrent_fn, config, explore, rng, invalid_actions, workspace, num_simulations)
+
+
+def _search(root: RootOutput, recurrent_fn: RecurrentFn, config: Mapping[str, Any], explore: bool,
+            rng: np.random.Generator | None, invalid_actions: np.ndarray | None, workspace: SearchWorkspace | None,
+            num_simulations: int | None) -> SearchOutput:
     return muzero_search(
         root,
         recurrent_fn,

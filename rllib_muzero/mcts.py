@@ -190,6 +190,7 @@ class _Slot:
     actions: np.ndarray  # [B] int64 action to expand (output of _simulate)
     flat_index: np.ndarray  # [B] int64 parents * B + b, the row of the parent embedding in embedding_flat
     flat_index_torch: Any  # torch view (CPU: shares memory with flat_index) or None for numpy embeddings
+    parent_embedding: Any  # [B, *H] the parents' embeddings, gathered here before each recurrent_fn call
     on_cpu: bool
     _pb_c_key: tuple = ()
     _pb_c_table: np.ndarray | None = None
@@ -254,11 +255,13 @@ def _allocate_slot(B: int, N: int, A: int, embedding: Any) -> _Slot:
         # A normal (not inference-mode) tensor, so it can be written both inside and outside torch.inference_mode().
         with torch.inference_mode(False):
             store = torch.zeros((N, B, *hidden_shape), dtype=embedding.dtype, device=embedding.device)
+            parent_embedding = torch.zeros((B, *hidden_shape), dtype=embedding.dtype, device=embedding.device)
         on_cpu = store.device.type == "cpu"
         flat_index_torch = torch.from_numpy(flat_index)  # shares memory with flat_index
         embeddings_view = store.transpose(0, 1)
     else:
         store = np.zeros((N, B, *hidden_shape), dtype=embedding.dtype)
+        parent_embedding = np.zeros((B, *hidden_shape), dtype=embedding.dtype)
         on_cpu = True
         flat_index_torch = None
         embeddings_view = store.swapaxes(0, 1)
@@ -287,6 +290,7 @@ def _allocate_slot(B: int, N: int, A: int, embedding: Any) -> _Slot:
         actions=np.zeros(B, dtype=np.int64),
         flat_index=flat_index,
         flat_index_torch=flat_index_torch,
+        parent_embedding=parent_embedding,
         on_cpu=on_cpu,
     )
 
@@ -650,7 +654,8 @@ def muzero_search(
         root: network outputs at the roots; ``prior_logits`` [B, A], ``value`` [B], ``embedding`` [B, *H].
         recurrent_fn: ``(parent_embeddings [B, *H], actions int64 [B]) -> RecurrentOutput``; called exactly
             ``num_simulations`` times, each time with the whole batch. Its embeddings must have the type, dtype,
-            device and shape of ``root.embedding``.
+            device and shape of ``root.embedding``. The search copies what it keeps from each output (and from
+            ``root``) before the next call, so ``recurrent_fn`` may return the same preallocated arrays every time.
         num_simulations: simulations per root (paper: 50 for Atari, 800 for board games); the tree has
             ``num_simulations + 1`` nodes per root.
         discount: ``gamma`` in ``Q = r + gamma * V(child)`` and in the backup, in (0, 1].
@@ -701,6 +706,7 @@ def muzero_search(
     tree = slot.tree
     _init_roots(tree, prior_logits, root_value, legal, add_exploration_noise, params, rng, bool(root_counts_as_visit))
     is_torch = slot.flat_index_torch is not None
+    torch_index_select = sys.modules["torch"].index_select if is_torch else None
     node_embeddings, flat = slot.node_embeddings, slot.embedding_flat
     embedding_shape = tuple(root.embedding.shape)
     if is_torch:
@@ -715,7 +721,7 @@ def muzero_search(
     node_parent, node_action = tree.parent, tree.action_from_parent
     min_value, max_value, root_legal, max_depth = tree.min_value, tree.max_value, tree.root_legal, tree.max_depth
     parents, actions, flat_index = slot.parents, slot.actions, slot.flat_index
-    flat_index_torch = slot.flat_index_torch
+    flat_index_torch, parent_embedding = slot.flat_index_torch, slot.parent_embedding
     device = None if slot.on_cpu else root.embedding.device
     pb_c_table = slot.pb_c_table(params.pb_c_init, params.pb_c_base)
     unvisited_is_parent = unvisited_value == "parent"
@@ -744,9 +750,9 @@ def muzero_search(
         # 2. one recurrent_inference for the whole batch, from each parent's own embedding.
         if is_torch:
             index = flat_index_torch if device is None else flat_index_torch.to(device)
-            parent_embedding = flat.index_select(0, index)  # [B, *H]
+            torch_index_select(flat, 0, index, out=parent_embedding)  # [B, *H]
         else:
-            parent_embedding = flat.take(flat_index, axis=0)  # [B, *H]
+            flat.take(flat_index, axis=0, out=parent_embedding)  # [B, *H]
         out = recurrent_fn(parent_embedding, actions.copy())
         rewards = np.ascontiguousarray(out.reward, dtype=f32)  # [B]
         logits = np.ascontiguousarray(out.prior_logits, dtype=f32)  # [B, A]

@@ -34,6 +34,8 @@ from ray.rllib.policy.sample_batch import SampleBatch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from rllib_muzero.numpy_inference import NumpyMLPInference, dense_layers
+
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "FullyConnectedMuZeroModel",
@@ -386,6 +388,12 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
         self._head_firsts = tuple(head[0] for head in (self.reward_head, self.value_head, self.policy_head))
         self._head_widths = [layer.out_features for layer in self._head_firsts]
         self._stacked_heads: tuple[tuple, Tensor, Tensor] | None = None  # (versions key, weight, bias)
+        self._numpy_inference: tuple[tuple, NumpyMLPInference | None] | None = None  # (versions key, engine)
+        self._numpy_capable = all(
+            getattr(cls, name) is getattr(FullyConnectedMuZeroModel, name)
+            for name in ("representation", "dynamics", "prediction", "initial_inference", "recurrent_inference",
+                         "_next_hidden")
+        )
 
     @classmethod
     def _resolve_options(cls, model_config: Mapping[str, Any] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
@@ -449,6 +457,29 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
                 bias = torch.cat(params[1::2])
             self._stacked_heads = (key, weight, bias)
         return self._stacked_heads[1], self._stacked_heads[2]
+
+
+    def numpy_inference(self) -> NumpyMLPInference | None:
+        """This network as a :class:`~rllib_muzero.numpy_inference.NumpyMLPInference` for the search on the CPU (same
+        functions, float32, ~4x cheaper per call at the search's batch sizes), holding a copy of the current weights
+        that is refreshed when a parameter changes (torch's version counters, as for the stacked heads).
+
+        ``None`` when the search must run through torch: a parameter off the CPU or not float32, an activation without
+        a numpy counterpart (GELU), or a subclass overriding one of the MuZero functions.
+        """
+        if not self._numpy_capable:
+            return None
+        params = list(self.parameters())
+        key = tuple((p.data_ptr(), p._version, p.device.type, p.dtype) for p in params)
+        if self._numpy_inference is None or self._numpy_inference[0] != key:
+            engine = None
+            if all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params):
+                layers = [dense_layers(net) for net in (self.representation_net, self.dynamics_net, self.reward_head,
+                                                        self.value_head, self.policy_head)]
+                if all(layer is not None for layer in layers):
+                    engine = NumpyMLPInference(*layers, num_actions=self.num_actions)
+            self._numpy_inference = (key, engine)
+        return self._numpy_inference[1]
 
 
 def register_models() -> None:

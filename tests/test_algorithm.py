@@ -8,10 +8,12 @@ import textwrap
 
 import numpy as np
 import pytest
+import torch
 from ray.rllib.utils.test_utils import check_compute_single_action, check_train_results
 
 import rllib_muzero  # noqa: F401  (registers MuZero and its models)
 from rllib_muzero import MuZeroConfig, columns
+from rllib_muzero.acting import search_with_model
 
 pytestmark = pytest.mark.integration
 
@@ -69,6 +71,24 @@ def test_search_outputs_reach_the_sample_batch(trained_algo):
     # 4 simulations from a root counted as visited: the root's children hold exactly 4 visits.
     np.testing.assert_allclose(batch[columns.SEARCH_POLICY] * 4, np.round(batch[columns.SEARCH_POLICY] * 4),
                                atol=1e-5)
+
+
+def test_policy_searches_through_the_numpy_engine_on_the_cpu(trained_algo, monkeypatch):
+    algo, _ = trained_algo
+    policy = algo.get_policy()
+    engines = []
+    build_engine = policy.model.numpy_inference
+    monkeypatch.setattr(policy.model, "numpy_inference", lambda: engines.append(build_engine()) or engines[-1],
+                        raising=False)
+    obs = np.random.default_rng(0).normal(0.0, 0.05, (5, 4)).astype(np.float32)
+    result = policy.search(obs, explore=False)
+    assert len(engines) == 1 and engines[0] is not None
+    with_torch = search_with_model(
+        policy.model, torch.from_numpy(obs), policy.config, value_support=policy.value_support,
+        reward_support=policy.reward_support, use_target_transform=True, explore=False, rng=None,
+        numpy_inference=False)
+    np.testing.assert_array_equal(result.visit_counts, with_torch.visit_counts)
+    np.testing.assert_allclose(result.root_value, with_torch.root_value, rtol=1e-5, atol=1e-5)
 
 
 def test_greedy_actions_are_deterministic_and_noise_free(trained_algo):

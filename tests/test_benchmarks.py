@@ -109,6 +109,7 @@ def test_pong_evaluation_env_is_the_training_env_without_episode_life():
     ("selfplay_speed.py", ["--envs", "2", "--simulations", "2", "--fragment", "5", "--repeats", "1", "--warmup", "0"]),
     ("search_speed.py", ["--batch-sizes", "1", "2", "--simulations", "3", "--repeats", "1"]),
     ("search_speed.py", ["--network", "default", "--batch-sizes", "2", "--simulations", "3", "--repeats", "1"]),
+    ("search_speed.py", ["--inference", "torch", "--batch-sizes", "2", "--simulations", "3", "--repeats", "1"]),
     ("learner_speed.py", ["--batch-size", "16", "--capacity", "2000", "--updates", "2", "--repeats", "1",
                           "--warmup", "1"]),
     ("replay_memory.py", []),

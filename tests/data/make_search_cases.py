@@ -53,7 +53,7 @@ def build_model(state: dict[str, np.ndarray] | None = None) -> FullyConnectedMuZ
     return model.eval()
 
 
-def run_case(model: FullyConnectedMuZeroModel, obs: np.ndarray, name: str):
+def run_case(model: FullyConnectedMuZeroModel, obs: np.ndarray, name: str, numpy_inference: bool = True):
     batch, overrides, explore, seed, mask = CASES[name]
     invalid = None
     if mask:
@@ -62,7 +62,8 @@ def run_case(model: FullyConnectedMuZeroModel, obs: np.ndarray, name: str):
     return search_with_model(
         model, torch.from_numpy(obs[:batch]), {**BASE, **overrides},
         value_support=DiscreteSupport(*SUPPORT), reward_support=DiscreteSupport(*SUPPORT), use_target_transform=True,
-        explore=explore, rng=np.random.default_rng(seed) if seed is not None else None, invalid_actions=invalid)
+        explore=explore, rng=np.random.default_rng(seed) if seed is not None else None, invalid_actions=invalid,
+        numpy_inference=numpy_inference)
 
 
 def main() -> None:

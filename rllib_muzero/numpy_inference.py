@@ -1,0 +1,416 @@
+"""Lean numpy inference of the fully connected MuZero network, for the search on the CPU.
+
+Why it exists: the search calls the network once per simulation on a handful of rows (one row per root). At that size a
+torch forward pass costs its ~25 operators' dispatch overhead (3-8 us each), not their arithmetic; the same forward
+pass in numpy, on output buffers preallocated per batch size, costs about 1 us per operator, and its matrix products go
+to an optimised BLAS ``sgemm`` just as torch's do. On issue #7's comparison network (64-wide layers, 601-atom value and
+reward heads) one recurrent inference with its scalar read-out drops from ~150 to ~40 us at 1 row and from ~190 to
+~110 us at 16 rows (``benchmarks/search_speed.py`` has the end-to-end figures). This is hand-written on purpose:
+``torch.compile`` needs a C++ toolchain at run time and still pays a per-call guard cost of the same order, and
+TorchScript is deprecated.
+
+What it computes: exactly the functions of :class:`~rllib_muzero.models.FullyConnectedMuZeroModel` (representation,
+dynamics with the one-hot action, min-max scaling, the three heads), in float32, followed by the search's read-out of
+the categorical heads (softmax expectation over the support, then h^-1; paper Appendix F). The sums run in a different
+order than torch's (other BLAS kernels; the expectation as ``exp(l - max) . atoms / sum``), so outputs agree with the
+torch path to float32 rounding, not bit for bit; the fixed search cases of ``tests/test_search_cases.py`` give the same
+visit counts through both paths.
+
+Matrix products run in numpy's BLAS (OpenBLAS), whose thread pool is not torch's: :meth:`NumpyMLPInference.blas_threads`
+limits it, for the duration of a search, to ``torch.get_num_threads()`` (what RLlib configured for the process), so a
+runner never uses more cores than it was given.
+
+Outputs are written into buffers owned by the engine and reused by the next call with the same batch size; the search
+copies what it keeps before calling again (:func:`rllib_muzero.mcts.muzero_search`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numba
+import numpy as np
+from torch import nn
+
+from rllib_muzero.support import DEFAULT_EPS, DiscreteSupport, _h_inverse_kernel
+
+# Activations with an exact numpy counterpart (nn.Module type -> in-place function of (x, scratch)). GELU (erf) has
+# none in numpy: networks using it search through torch.
+_LEAKY_SLOPE = np.float32(0.01)  # nn.LeakyReLU's default, the one `mlp` builds
+
+
+def _relu(x: np.ndarray, scratch: np.ndarray) -> None:
+    np.maximum(x, 0.0, out=x)
+
+
+def _leaky_relu(x: np.ndarray, scratch: np.ndarray) -> None:
+    np.multiply(x, _LEAKY_SLOPE, out=scratch)  # x > 0 ? x : 0.01 x  ==  max(x, 0.01 x)
+    np.maximum(x, scratch, out=x)
+
+
+def _tanh(x: np.ndarray, scratch: np.ndarray) -> None:
+    np.tanh(x, out=x)
+
+
+def _elu(x: np.ndarray, scratch: np.ndarray) -> None:
+    np.minimum(x, 0.0, out=scratch)  # x > 0 ? x : expm1(x)  ==  max(x, 0) + expm1(min(x, 0))
+    np.expm1(scratch, out=scratch)
+    np.maximum(x, 0.0, out=x)
+    x += scratch
+
+
+def _silu(x: np.ndarray, scratch: np.ndarray) -> None:
+    np.multiply(x, 0.5, out=scratch)  # x * sigmoid(x), sigmoid(x) = (1 + tanh(x / 2)) / 2: no overflow for x << 0
+    np.tanh(scratch, out=scratch)
+    scratch += 1.0
+    scratch *= 0.5
+    x *= scratch
+
+
+_NUMPY_ACTIVATIONS: dict[type, Callable[[np.ndarray, np.ndarray], None]] = {
+    nn.ReLU: _relu,
+    nn.LeakyReLU: _leaky_relu,
+    nn.Tanh: _tanh,
+    nn.ELU: _elu,
+    nn.SiLU: _silu,
+}
+
+
+def numpy_activation(module: nn.Module) -> Callable[[np.ndarray, np.ndarray], None] | None:
+    """The in-place numpy version of an activation module built by ``models.mlp``; ``None`` if there is none."""
+    fn = _NUMPY_ACTIVATIONS.get(type(module))
+    if fn is None:
+        return None
+    if isinstance(module, nn.LeakyReLU) and module.negative_slope != 0.01:
+        return None
+    if isinstance(module, nn.ELU) and module.alpha != 1.0:
+        return None
+    return fn
+
+
+@dataclass
+class Dense:
+    """One ``Linear`` (weight transposed to ``[in, out]``, C-contiguous, so ``x @ weight_t`` is one ``sgemm``),
+    optionally followed by an activation."""
+
+    weight_t: np.ndarray  # [in, out] float32
+    bias: np.ndarray  # [out] float32
+    activation: Callable[[np.ndarray, np.ndarray], None] | None
+
+    @property
+    def out_features(self) -> int:
+        return self.bias.shape[-1]
+
+
+def dense_layers(mlp: Sequence[nn.Module]) -> list[Dense] | None:
+    """A ``models.mlp`` Sequential as :class:`Dense` layers (weights copied); ``None`` if an activation has no numpy
+    counterpart or the layers are not ``Linear [-> activation]`` pairs."""
+    layers: list[Dense] = []
+    modules = list(mlp)
+    i = 0
+    while i < len(modules):
+        linear = modules[i]
+        if not isinstance(linear, nn.Linear) or linear.bias is None:
+            return None
+        activation = None
+        if i + 1 < len(modules) and not isinstance(modules[i + 1], nn.Linear):
+            activation = numpy_activation(modules[i + 1])
+            if activation is None:
+                return None
+            i += 1
+        weight = linear.weight.detach()
+        layers.append(Dense(np.ascontiguousarray(weight.numpy().T, dtype=np.float32),
+                            linear.bias.detach().numpy().astype(np.float32, copy=True), activation))
+        i += 1
+    return layers
+
+
+class Readout:
+    """The search's scalar from a head's output rows: softmax expectation over the support (categorical heads), then
+    ``h^-1`` when targets are transformed (paper Appendix F). Same function as :func:`support_to_scalar_numpy`."""
+
+    def __init__(self, support: DiscreteSupport | None, use_target_transform: bool, eps: float = DEFAULT_EPS) -> None:
+        self.support = support
+        self.atoms = None if support is None else np.arange(support.min, support.max + 1, dtype=np.float32)
+        self.use_target_transform = bool(use_target_transform)
+        self.eps = float(eps)
+
+    @property
+    def size(self) -> int:
+        return 1 if self.atoms is None else self.atoms.shape[0]
+
+    def __call__(self, logits: np.ndarray, row_scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``logits`` [B, S] (overwritten), ``row_scratch`` [B, 1], ``out`` [B] float32 (returned)."""
+        if self.atoms is None:
+            value = np.ascontiguousarray(logits[:, 0])
+        else:
+            np.maximum.reduce(logits, axis=1, keepdims=True, out=row_scratch)
+            logits -= row_scratch  # softmax(l) = exp(l - max) / sum(exp(l - max))
+            np.exp(logits, out=logits)
+            np.matmul(logits, self.atoms, out=out)
+            sums = np.add.reduce(logits, axis=1, out=row_scratch[:, 0])
+            out /= sums
+            value = out
+        if self.use_target_transform:
+            _h_inverse_kernel(value, self.eps, out)
+        elif value is not out:
+            out[...] = value
+        return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _scale_rows(s: np.ndarray, eps: np.float32) -> None:
+    """In place, per row of ``s`` [B, H] float32: ``(s - min) / (max - min + eps)`` in float32, the operations of
+    :func:`~rllib_muzero.models.scale_hidden_state` in the same order (one compiled pass instead of six numpy calls:
+    this runs once per simulation)."""
+    for b in range(s.shape[0]):
+        lo = s[b, 0]
+        hi = s[b, 0]
+        for j in range(1, s.shape[1]):
+            v = s[b, j]
+            if v < lo:
+                lo = v
+            if v > hi:
+                hi = v
+        denominator = (hi - lo) + eps
+        for j in range(s.shape[1]):
+            s[b, j] = (s[b, j] - lo) / denominator
+
+
+@numba.njit(cache=True, nogil=True)
+def _bias_relu(x: np.ndarray, bias: np.ndarray) -> None:
+    """In place ``x = max(x + bias, 0)`` for ``x`` [B, W]: one pass instead of two numpy calls."""
+    zero = np.float32(0.0)
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            v = x[i, j] + bias[j]
+            x[i, j] = v if v > zero else zero
+
+
+@numba.njit(cache=True, nogil=True)
+def _action_rows_bias_relu(x: np.ndarray, rows: np.ndarray, actions: np.ndarray, bias: np.ndarray) -> None:
+    """In place ``x = max(x + rows[actions] + bias, 0)``: the dynamics' first layer after ``hidden @ W_h``."""
+    zero = np.float32(0.0)
+    for i in range(x.shape[0]):
+        a = actions[i]
+        for j in range(x.shape[1]):
+            v = (x[i, j] + rows[a, j]) + bias[j]
+            x[i, j] = v if v > zero else zero
+
+
+def _bias_and_activation(x: np.ndarray, bias: np.ndarray, activation: Callable | None,
+                         scratch: np.ndarray | None) -> None:
+    """``x += bias`` then the activation, in place (ReLU on 2-D rows fused into one compiled pass)."""
+    if activation is _relu and x.ndim == 2:
+        _bias_relu(x, bias)
+        return
+    x += bias
+    if activation is not None:
+        activation(x, scratch)
+
+
+def _run_dense(layers: Sequence[Dense], start: int, x: np.ndarray, outs: list[np.ndarray],
+               scratch: list[np.ndarray | None]) -> np.ndarray:
+    """``layers[start:]`` applied to ``x``; layer ``i`` writes into ``outs[i]``, its activation uses ``scratch[i]``."""
+    for i in range(start, len(layers)):
+        layer = layers[i]
+        out = outs[i]
+        np.matmul(x, layer.weight_t, out=out)
+        _bias_and_activation(out, layer.bias, layer.activation, scratch[i])
+        x = out
+    return x
+
+
+def _layer_buffers(layers: Sequence[Dense], batch_size: int) -> tuple[list, list]:
+    outs = [np.empty((batch_size, layer.out_features), np.float32) for layer in layers]
+    scratch = [np.empty_like(out) if layer.activation is not None else None for layer, out in zip(layers, outs,
+                                                                                                  strict=True)]
+    return outs, scratch
+
+
+class _Plan:
+    """Every intermediate and output array of one batch size (allocated once, reused by every later call)."""
+
+    def __init__(self, engine: NumpyMLPInference, batch_size: int) -> None:
+        B = batch_size
+        self.repr_outs, self.repr_scratch = _layer_buffers(engine.representation, B)
+        width = engine.dynamics_hidden.out_features
+        self.dyn_first = np.empty((B, width), np.float32)
+        self.dyn_action = np.empty((B, width), np.float32)
+        self.dyn_first_scratch = np.empty((B, width), np.float32)
+        self.dyn_outs, self.dyn_scratch = _layer_buffers(engine.dynamics_rest, B)
+        self.heads_first = np.empty((B, engine.head_first_bias.shape[0]), np.float32)
+        self.head_inputs = [self.heads_first[:, s] for s in engine.head_slices]
+        self.head_input_scratch = [np.empty(x.shape, np.float32) for x in self.head_inputs]
+        self.heads_first_scratch = np.empty_like(self.heads_first)
+        self.head_outs, self.head_scratch = [], []
+        for head in engine.heads:
+            outs, scratch = _layer_buffers(head, B)
+            self.head_outs.append(outs)
+            self.head_scratch.append(scratch)
+        if engine.paired_tail is not None:
+            # [2, B, w] view of the reward and value heads' first outputs (adjacent column blocks of heads_first).
+            width = engine.head_slices[0].stop
+            self.pair_input = self.heads_first[:, : 2 * width].reshape(B, 2, width).transpose(1, 0, 2)
+            if not np.shares_memory(self.pair_input, self.heads_first):  # reshape copies when it cannot view
+                raise AssertionError("the paired head input must be a view of heads_first")
+            self.pair_outs = [np.empty((2, B, layer.out_features), np.float32) for layer in engine.paired_tail]
+            self.pair_scratch = [np.empty_like(out) if layer.activation is not None else None
+                                 for layer, out in zip(engine.paired_tail, self.pair_outs, strict=True)]
+            self.pair_row = np.empty((2 * B, 1), np.float32)
+            self.pair_scalars = np.empty(2 * B, np.float32)  # [reward..., value...]
+        self.readout_row = np.empty((B, 1), np.float32)
+        self.reward = np.empty(B, np.float32)
+        self.value = np.empty(B, np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller() -> Any:
+    """threadpoolctl's view of the BLAS libraries loaded in this process (inspecting them takes ~20 ms: done once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+class NumpyMLPInference:
+    """Initial and recurrent inference of an MLP MuZero network in numpy, with the search's scalar read-outs.
+
+    Layers (lists of :class:`Dense`, the last without activation): ``representation`` obs -> H; ``dynamics``
+    [H + A] -> H, whose first layer is split into the hidden rows and the action rows (adding the action's row equals
+    multiplying its one-hot vector); ``reward``, ``value``, ``policy`` heads H -> Sr / Sv / A. The three heads' first
+    layers run as one product on the stacked weights.
+
+    Built and refreshed by :meth:`FullyConnectedMuZeroModel.numpy_inference`. Not thread-safe: its output buffers
+    are shared by all calls of one batch size (like a :class:`~rllib_muzero.mcts.SearchWorkspace`).
+    """
+
+    def __init__(self, representation: list[Dense], dynamics: list[Dense], reward: list[Dense], value: list[Dense],
+                 policy: list[Dense], num_actions: int) -> None:
+        hidden_size = representation[-1].out_features
+        self.num_actions = int(num_actions)
+        self.hidden_size = hidden_size
+        self.representation = representation
+        first = dynamics[0]
+        self.dynamics_hidden = Dense(np.ascontiguousarray(first.weight_t[:hidden_size]), first.bias, first.activation)
+        self.dynamics_action_rows = np.ascontiguousarray(first.weight_t[hidden_size:])  # [A, out]: one_hot(a) @ W
+        self.dynamics_rest = dynamics[1:]
+        self.heads = (reward, value, policy)
+        # The heads' first layers stacked into one [H, r1 + v1 + p1] product.
+        firsts = [head[0] for head in self.heads]
+        self.head_first_weight_t = np.ascontiguousarray(np.concatenate([d.weight_t for d in firsts], axis=1))
+        self.head_first_bias = np.concatenate([d.bias for d in firsts])
+        bounds = np.cumsum([0] + [d.out_features for d in firsts])
+        self.head_slices = [slice(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+        self.head_first_activations = [d.activation for d in firsts]
+        # One activation call for all three when they share it.
+        self.shared_first_activation = (firsts[0].activation if all(d.activation is firsts[0].activation
+                                                                    for d in firsts) else None)
+        # Reward and value heads of the same shape (the default) run their later layers as one batched product on
+        # stacked [2, in, out] weights and are read out together: fewer, larger calls.
+        self.paired_tail: list[Dense] | None = None
+        if len(reward) >= 2 and len(reward) == len(value) and firsts[0].activation is firsts[1].activation and all(
+            r.weight_t.shape == v.weight_t.shape and r.activation is v.activation
+            for r, v in zip(reward, value, strict=True)
+        ):
+            self.paired_tail = [Dense(np.stack([r.weight_t, v.weight_t]), np.stack([r.bias, v.bias])[:, None, :],
+                                      r.activation) for r, v in zip(reward[1:], value[1:], strict=True)]
+        from rllib_muzero.models import HIDDEN_STATE_SCALE_EPS  # here: models imports this module
+
+        self._scale_eps = np.float32(HIDDEN_STATE_SCALE_EPS)
+        self._plans: dict[int, _Plan] = {}
+
+    # ---- buffers: every intermediate and output array of one batch size, allocated on first use ----
+
+    def _plan(self, batch_size: int) -> _Plan:
+        plan = self._plans.get(batch_size)
+        if plan is None:
+            plan = self._plans[batch_size] = _Plan(self, batch_size)
+        return plan
+
+    def _scale(self, s: np.ndarray, plan: _Plan) -> np.ndarray:
+        """:func:`~rllib_muzero.models.scale_hidden_state` in place: (s - min) / (max - min + 1e-8) per row."""
+        _scale_rows(s, self._scale_eps)
+        return s
+
+    def _heads(self, hidden: np.ndarray, which: tuple[int, ...], plan: _Plan) -> list[np.ndarray]:
+        """Output rows of the heads ``which`` (0 reward, 1 value, 2 policy) from ``hidden`` [B, H]."""
+        first = plan.heads_first
+        np.matmul(hidden, self.head_first_weight_t, out=first)
+        first += self.head_first_bias
+        outputs = []
+        for i in which:
+            x = plan.head_inputs[i]  # a view of `first`
+            activation = self.head_first_activations[i]
+            if activation is not None:
+                activation(x, plan.head_input_scratch[i])
+            outputs.append(_run_dense(self.heads[i], 1, x, plan.head_outs[i], plan.head_scratch[i]))
+        return outputs
+
+    def _paired_heads(self, hidden: np.ndarray, plan: _Plan,
+                      readout: Readout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(reward [B], policy_logits [B, A], value [B])``: the heads with the reward and value tails paired."""
+        first = plan.heads_first
+        np.matmul(hidden, self.head_first_weight_t, out=first)
+        if self.shared_first_activation is not None:
+            _bias_and_activation(first, self.head_first_bias, self.shared_first_activation, plan.heads_first_scratch)
+        else:
+            first += self.head_first_bias
+            for i, activation in enumerate(self.head_first_activations):
+                if activation is not None:
+                    activation(plan.head_inputs[i], plan.head_input_scratch[i])
+        x = plan.pair_input
+        for layer, out, scratch in zip(self.paired_tail, plan.pair_outs, plan.pair_scratch, strict=True):
+            np.matmul(x, layer.weight_t, out=out)
+            _bias_and_activation(out, layer.bias, layer.activation, scratch)
+            x = out
+        batch_size = hidden.shape[0]
+        scalars = readout(x.reshape(2 * batch_size, -1), plan.pair_row, plan.pair_scalars)
+        policy_logits = _run_dense(self.heads[2], 1, plan.head_inputs[2], plan.head_outs[2], plan.head_scratch[2])
+        return scalars[:batch_size], policy_logits, scalars[batch_size:]
+
+    # ---- inference ----
+
+    def initial_inference(self, obs: np.ndarray, value_readout: Readout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(hidden [B, H], policy_logits [B, A], value [B])`` from observations [B, *obs_shape]."""
+        batch_size = obs.shape[0]
+        plan = self._plan(batch_size)
+        x = np.ascontiguousarray(obs.reshape(batch_size, -1), dtype=np.float32)
+        hidden = self._scale(_run_dense(self.representation, 0, x, plan.repr_outs, plan.repr_scratch), plan)
+        value_rows, policy_logits = self._heads(hidden, (1, 2), plan)
+        value = value_readout(value_rows, plan.readout_row, plan.value)
+        return hidden, policy_logits, value
+
+    def recurrent_inference(self, hidden: np.ndarray, actions: np.ndarray, reward_readout: Readout,
+                            value_readout: Readout) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(next_hidden [B, H], reward [B], policy_logits [B, A], value [B])`` from hidden states [B, H] and actions
+        int [B]: the dynamics' first layer is ``hidden @ W_h + W_a[action] + b``, i.e. ``concat[hidden,
+        one_hot(action)] @ W + b``."""
+        plan = self._plan(hidden.shape[0])
+        layer = self.dynamics_hidden
+        x = plan.dyn_first
+        np.matmul(hidden, layer.weight_t, out=x)
+        if layer.activation is _relu:
+            _action_rows_bias_relu(x, self.dynamics_action_rows, actions, layer.bias)
+        else:
+            x += np.take(self.dynamics_action_rows, actions, axis=0, out=plan.dyn_action)
+            x += layer.bias
+            if layer.activation is not None:
+                layer.activation(x, plan.dyn_first_scratch)
+        next_hidden = self._scale(_run_dense(self.dynamics_rest, 0, x, plan.dyn_outs, plan.dyn_scratch), plan)
+        if self.paired_tail is not None and reward_readout is value_readout:
+            return (next_hidden, *self._paired_heads(next_hidden, plan, value_readout))
+        reward_rows, value_rows, policy_logits = self._heads(next_hidden, (0, 1, 2), plan)
+        reward = reward_readout(reward_rows, plan.readout_row, plan.reward)
+        value = value_readout(value_rows, plan.readout_row, plan.value)
+        return next_hidden, reward, policy_logits, value
+
+    @staticmethod
+    @contextlib.contextmanager
+    def blas_threads(limit: int) -> Iterator[None]:
+        """numpy's BLAS limited to ``limit`` threads inside the block (restored after)."""
+        with _blas_controller().limit(limits=max(1, int(limit)), user_api="blas"):
+            yield

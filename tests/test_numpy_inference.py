@@ -1,0 +1,198 @@
+"""The numpy engine of ``muzero_fc`` (rllib_muzero/numpy_inference.py) computes the torch network's functions and the
+search's read-outs, follows weight changes, and is used by the search only where it applies."""
+
+import os
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from threadpoolctl import threadpool_info
+
+from rllib_muzero.acting import numpy_root_and_recurrent_fn, search_with_model, to_scalar
+from rllib_muzero.models import FullyConnectedMuZeroModel
+from rllib_muzero.numpy_inference import Readout
+from rllib_muzero.support import DiscreteSupport
+
+OBS_DIM, NUM_ACTIONS = 5, 3
+SEARCH_CONFIG = {"num_simulations": 12, "gamma": 0.99, "pb_c_init": 1.25, "pb_c_base": 19652.0,
+                 "unvisited_value": "zero", "root_counts_as_visit": True, "root_dirichlet_alpha": 0.25,
+                 "root_exploration_fraction": 0.25}
+
+
+def build(options=None, value_support=(-20, 20), reward_support=(-20, 20), seed=0):
+    torch.manual_seed(seed)
+    sizes = [1 if s is None else s[1] - s[0] + 1 for s in (value_support, reward_support)]
+    model = FullyConnectedMuZeroModel(
+        gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), gym.spaces.Discrete(NUM_ACTIONS), NUM_ACTIONS,
+        {"custom_model_config": dict(options or {})}, "m", value_support_size=sizes[0], reward_support_size=sizes[1])
+    with torch.no_grad():  # non-zero last layers (muzero_fc zero-initialises them)
+        for p in model.parameters():
+            p.normal_(0.0, 0.3)
+    supports = [None if s is None else DiscreteSupport(*s) for s in (value_support, reward_support)]
+    return model.eval(), supports[0], supports[1]
+
+
+def torch_outputs(model, obs, actions, value_support, reward_support, transform):
+    with torch.inference_mode():
+        initial = model.initial_inference(torch.from_numpy(obs))
+        recurrent = model.recurrent_inference(initial.hidden, torch.from_numpy(actions))
+        return {
+            "hidden": initial.hidden.numpy(), "policy": initial.policy_logits.numpy(),
+            "value": to_scalar(initial.value_logits, value_support, transform),
+            "next_hidden": recurrent.hidden.numpy(), "next_policy": recurrent.policy_logits.numpy(),
+            "reward": to_scalar(recurrent.reward_logits, reward_support, transform),
+            "next_value": to_scalar(recurrent.value_logits, value_support, transform),
+        }
+
+
+def numpy_outputs(engine, obs, actions, value_support, reward_support, transform):
+    value_readout = Readout(value_support, transform)
+    reward_readout = value_readout if reward_support == value_support else Readout(reward_support, transform)
+    hidden, policy, value = (x.copy() for x in engine.initial_inference(obs, value_readout))
+    next_hidden, reward, next_policy, next_value = (
+        x.copy() for x in engine.recurrent_inference(hidden, actions, reward_readout, value_readout))
+    return {"hidden": hidden, "policy": policy, "value": value, "next_hidden": next_hidden,
+            "next_policy": next_policy, "reward": reward, "next_value": next_value}
+
+
+def assert_same(expected, actual):
+    for key, value in expected.items():
+        np.testing.assert_allclose(actual[key], value, rtol=2e-5, atol=2e-5, err_msg=key)
+
+
+CASES = {
+    "default (paired reward / value)": ({}, (-20, 20), (-20, 20)),
+    "elu, deeper heads": ({"activation": "elu", "value_layers": [16, 8], "reward_layers": [16, 8]}, (-20, 20),
+                          (-20, 20)),
+    "tanh, different supports": ({"activation": "tanh"}, (-30, 30), (-5, 5)),
+    "every width different": ({"hidden_size": 24, "representation_layers": [48, 40], "dynamics_layers": [40, 56],
+                               "reward_layers": [20], "value_layers": [20], "policy_layers": [12]}, (-20, 20),
+                              (-20, 20)),
+    "leaky_relu, no hidden head layers": ({"activation": "leaky_relu", "reward_layers": [], "value_layers": [],
+                                           "policy_layers": []}, (-20, 20), (-20, 20)),
+    "silu, mixed head depths, no dynamics hidden layer": (
+        {"activation": "silu", "dynamics_layers": [], "policy_layers": [], "value_layers": [32, 16]}, (-20, 20),
+        (-20, 20)),
+    "swish, scalar heads": ({"activation": "swish", "representation_layers": [32, 32]}, None, None),
+}
+
+
+@pytest.mark.parametrize("transform", [True, False])
+@pytest.mark.parametrize("batch_size", [1, 7])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_engine_matches_the_torch_network(case, batch_size, transform):
+    options, value_bounds, reward_bounds = CASES[case]
+    model, value_support, reward_support = build(options, value_bounds, reward_bounds)
+    engine = model.numpy_inference()
+    assert engine is not None
+    rng = np.random.default_rng(1)
+    obs = rng.standard_normal((batch_size, OBS_DIM)).astype(np.float32)
+    actions = rng.integers(0, NUM_ACTIONS, batch_size)
+    expected = torch_outputs(model, obs, actions, value_support, reward_support, transform)
+    assert_same(expected, numpy_outputs(engine, obs, actions, value_support, reward_support, transform))
+    # A second batch size has its own buffers; the first one's results stay right afterwards.
+    other = rng.standard_normal((batch_size + 2, OBS_DIM)).astype(np.float32)
+    other_actions = rng.integers(0, NUM_ACTIONS, batch_size + 2)
+    assert_same(torch_outputs(model, other, other_actions, value_support, reward_support, transform),
+                numpy_outputs(engine, other, other_actions, value_support, reward_support, transform))
+    assert_same(expected, numpy_outputs(engine, obs, actions, value_support, reward_support, transform))
+
+
+def test_engine_follows_weight_changes():
+    model, support, _ = build()
+    engine = model.numpy_inference()
+    assert model.numpy_inference() is engine  # cached while no parameter changes
+    rng = np.random.default_rng(0)
+    obs = rng.standard_normal((4, OBS_DIM)).astype(np.float32)
+    actions = rng.integers(0, NUM_ACTIONS, 4)
+    before = numpy_outputs(engine, obs, actions, support, support, True)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    model.train()
+    out = model.recurrent_inference(model.initial_inference(torch.from_numpy(obs)).hidden, torch.from_numpy(actions))
+    (out.value_logits.logsumexp(1).sum() + out.reward_logits.pow(2).sum() + out.policy_logits.sum()).backward()
+    optimizer.step()
+    model.eval()
+    engine_after = model.numpy_inference()
+    assert engine_after is not engine
+    after = numpy_outputs(engine_after, obs, actions, support, support, True)
+    assert not np.allclose(after["next_value"], before["next_value"])
+    assert_same(torch_outputs(model, obs, actions, support, support, True), after)
+
+    model.load_state_dict(build(seed=5)[0].state_dict())  # load_state_dict writes in place: versions change too
+    assert_same(torch_outputs(model, obs, actions, support, support, True),
+                numpy_outputs(model.numpy_inference(), obs, actions, support, support, True))
+
+
+def test_no_engine_where_numpy_cannot_compute_the_network():
+    assert build({"activation": "gelu"})[0].numpy_inference() is None  # erf has no numpy counterpart
+    assert build()[0].double().numpy_inference() is None
+
+    class OwnDynamics(FullyConnectedMuZeroModel):
+        def dynamics(self, hidden, action):
+            next_hidden, reward = super().dynamics(hidden, action)
+            return next_hidden * 0.5, reward
+
+    model = OwnDynamics(gym.spaces.Box(-1, 1, (OBS_DIM,), np.float32), gym.spaces.Discrete(NUM_ACTIONS), NUM_ACTIONS,
+                        {}, "own", value_support_size=41, reward_support_size=41)
+    assert model.numpy_inference() is None
+
+
+@pytest.mark.parametrize("options", [{}, {"activation": "gelu"}])
+def test_search_gives_the_same_visit_counts_through_numpy_and_torch(options):
+    model, support, _ = build(options)
+    obs = torch.from_numpy(np.random.default_rng(3).standard_normal((6, OBS_DIM)).astype(np.float32))
+    results = [
+        search_with_model(model, obs, SEARCH_CONFIG, value_support=support, reward_support=support,
+                          use_target_transform=True, explore=True, rng=np.random.default_rng(7),
+                          numpy_inference=numpy_path)
+        for numpy_path in (True, False)
+    ]
+    np.testing.assert_array_equal(results[0].visit_counts, results[1].visit_counts)
+    np.testing.assert_allclose(results[0].root_value, results[1].root_value, rtol=1e-5, atol=1e-5)
+
+
+def _numpy_blas_threads() -> list[int]:
+    """Thread counts of numpy's own BLAS (pip wheels keep it in ``numpy.libs``; other BLAS libraries loaded by other
+    packages are not the search's)."""
+    return [lib["num_threads"] for lib in threadpool_info()
+            if lib["user_api"] == "blas" and os.path.basename(os.path.dirname(lib["filepath"])).startswith("numpy")]
+
+
+def test_search_limits_numpy_blas_threads_to_torchs():
+    if not _numpy_blas_threads():
+        pytest.skip("numpy's BLAS library is not identifiable in this install")
+    model, support, _ = build()
+    engine = model.numpy_inference()
+    seen = []
+    original = engine.recurrent_inference
+
+    def recording(*args):
+        seen.append(_numpy_blas_threads())
+        return original(*args)
+
+    engine.recurrent_inference = recording
+    obs = torch.zeros((2, OBS_DIM))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        search_with_model(model, obs, SEARCH_CONFIG, value_support=support, reward_support=support,
+                          use_target_transform=True, explore=False, rng=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(seen) == SEARCH_CONFIG["num_simulations"]
+    assert all(counts == [1] * len(counts) for counts in seen)
+
+
+def test_root_and_recurrent_fn_give_the_trees_shapes_and_dtypes():
+    model, support, _ = build()
+    obs = torch.from_numpy(np.random.default_rng(0).standard_normal((3, OBS_DIM)).astype(np.float32))
+    root, recurrent_fn = numpy_root_and_recurrent_fn(model.numpy_inference(), obs, value_support=support,
+                                                     reward_support=support, use_target_transform=True)
+    assert root.embedding.shape == (3, 64) and root.embedding.dtype == np.float32
+    assert root.prior_logits.shape == (3, NUM_ACTIONS) and root.value.shape == (3,)
+    out = recurrent_fn(root.embedding.copy(), np.array([0, 1, 2]))
+    assert out.embedding.shape == (3, 64) and out.reward.shape == (3,) and out.value.shape == (3,)
+    assert out.prior_logits.shape == (3, NUM_ACTIONS)
+    assert all(x.dtype == np.float32 for x in (out.embedding, out.reward, out.value, out.prior_logits))

@@ -116,6 +116,7 @@ def train(args: argparse.Namespace) -> int:
     from ray import tune
 
     import rllib_muzero  # noqa: F401  (registers "MuZero" with Tune)
+    from rllib_muzero.progress import ProgressLines
 
     if not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=not args.quiet)
@@ -138,6 +139,7 @@ def train(args: argparse.Namespace) -> int:
             storage_path=storage,
             checkpoint_config=tune.CheckpointConfig(**checkpoint),
             verbose=0 if args.quiet else 1,
+            callbacks=[] if args.quiet else [ProgressLines()],
         )
         experiment_path = os.path.join(storage or os.path.expanduser("~/ray_results"), name)
         if args.resume and tune.Tuner.can_restore(experiment_path):
@@ -240,7 +242,7 @@ def make_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="resume an interrupted experiment of the same name")
     p.add_argument("--num-samples", type=int, help="trials per experiment (Tune num_samples)")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")
-    p.add_argument("--quiet", action="store_true", help="less output (no progress table)")
+    p.add_argument("--quiet", action="store_true", help="less output (no progress table or progress lines)")
     p.set_defaults(func=train)
     _add_evaluate_parser(sub)
     return parser

@@ -118,3 +118,40 @@ def test_a_checkpoint_written_by_train_is_accepted_by_evaluate(ray_session, tmp_
         assert algo.get_policy().model is not None
     finally:
         algo.stop()
+
+
+def test_progress_lines_show_the_return_and_throttle_per_trial():
+    from types import SimpleNamespace
+
+    from rllib_muzero.progress import ProgressLines, format_progress
+
+    result = {"training_iteration": 3, "num_env_steps_sampled_lifetime": 1200, "time_total_s": 12.4,
+              "env_runners": {"episode_return_mean": 87.25, "episode_len_mean": 87.25},
+              "info": {"learner": {"default_policy": {"learner_stats": {"num_grad_updates": 600}}}}}
+    assert format_progress("T", result) == ("T iter 3 | env steps 1,200 | return mean 87.2 (exploring) | "
+                                            "episode length 87.2 | learner updates 600 | 12 s")
+    early = {"training_iteration": 1, "num_env_steps_sampled_lifetime": 400, "time_total_s": 1.0,
+             "env_runners": {"episode_return_mean": float("nan")}}
+    assert format_progress("T", early) == ("T iter 1 | env steps 400 | return mean n/a (exploring) | "
+                                           "episode length n/a | 1 s")
+
+    lines = []
+    callback = ProgressLines(min_interval_s=3600, print_fn=lines.append)
+    a, b = SimpleNamespace(trial_id="a"), SimpleNamespace(trial_id="b")
+    for i in (1, 2, 3):
+        callback.on_trial_result(i, [a, b], a, {**result, "training_iteration": i})
+    callback.on_trial_result(1, [a, b], b, {**result, "training_iteration": 1})
+    assert [line.split(" | ")[0] for line in lines] == ["namespace(trial_id='a') iter 1",
+                                                        "namespace(trial_id='b') iter 1"]
+    callback.on_trial_complete(3, [a, b], a)  # its last result was held back: printed now
+    callback.on_trial_complete(1, [a, b], b)  # already printed: nothing more
+    assert [line.split(" | ")[0] for line in lines][2:] == ["namespace(trial_id='a') iter 3"]
+
+
+@pytest.mark.integration
+def test_train_prints_progress_lines_unless_quiet(ray_session, tmp_path, capsys):
+    code = cli.main(["train", "tuned_examples/cartpole-muzero.yaml", "--stop", '{"training_iteration": 2}',
+                     "--config", json.dumps(TINY), "--storage-path", str(tmp_path)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert " iter 1 | env steps " in out and " iter 2 | env steps " in out and "return mean" in out

@@ -293,10 +293,13 @@ class NumpyMLPInference:
     def __init__(self, representation: list[Dense], dynamics: list[Dense], reward: list[Dense], value: list[Dense],
                  policy: list[Dense], num_actions: int) -> None:
         hidden_size = representation[-1].out_features
-        self.num_actions = int(num_actions)
-        self.hidden_size = hidden_size
-        self.representation = representation
         first = dynamics[0]
+        if first.weight_t.shape[0] != hidden_size + num_actions or policy[-1].out_features != num_actions:
+            raise ValueError(
+                f"inconsistent layers: the dynamics takes {first.weight_t.shape[0]} inputs and the policy head gives "
+                f"{policy[-1].out_features} outputs, expected hidden {hidden_size} + {num_actions} actions and "
+                f"{num_actions}")
+        self.representation = representation
         self.dynamics_hidden = Dense(np.ascontiguousarray(first.weight_t[:hidden_size]), first.bias, first.activation)
         self.dynamics_action_rows = np.ascontiguousarray(first.weight_t[hidden_size:])  # [A, out]: one_hot(a) @ W
         self.dynamics_rest = dynamics[1:]
@@ -338,39 +341,33 @@ class NumpyMLPInference:
         _scale_rows(s, self._scale_eps)
         return s
 
-    def _heads(self, hidden: np.ndarray, which: tuple[int, ...], plan: _Plan) -> list[np.ndarray]:
-        """Output rows of the heads ``which`` (0 reward, 1 value, 2 policy) from ``hidden`` [B, H]."""
-        first = plan.heads_first
-        np.matmul(hidden, self.head_first_weight_t, out=first)
-        first += self.head_first_bias
-        outputs = []
-        for i in which:
-            x = plan.head_inputs[i]  # a view of `first`
-            activation = self.head_first_activations[i]
-            if activation is not None:
-                activation(x, plan.head_input_scratch[i])
-            outputs.append(_run_dense(self.heads[i], 1, x, plan.head_outs[i], plan.head_scratch[i]))
-        return outputs
-
-    def _paired_heads(self, hidden: np.ndarray, plan: _Plan,
-                      readout: Readout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(reward [B], policy_logits [B, A], value [B])``: the heads with the reward and value tails paired."""
+    def _head_first_layers(self, hidden: np.ndarray, plan: _Plan) -> None:
+        """The three heads' first layers as one product on the stacked weights, into ``plan.heads_first`` (each head
+        reads its columns through ``plan.head_inputs``)."""
         first = plan.heads_first
         np.matmul(hidden, self.head_first_weight_t, out=first)
         if self.shared_first_activation is not None:
             _bias_and_activation(first, self.head_first_bias, self.shared_first_activation, plan.heads_first_scratch)
-        else:
-            first += self.head_first_bias
-            for i, activation in enumerate(self.head_first_activations):
-                if activation is not None:
-                    activation(plan.head_inputs[i], plan.head_input_scratch[i])
-        x = plan.pair_input
-        for layer, out, scratch in zip(self.paired_tail, plan.pair_outs, plan.pair_scratch, strict=True):
-            np.matmul(x, layer.weight_t, out=out)
-            _bias_and_activation(out, layer.bias, layer.activation, scratch)
-            x = out
+            return
+        first += self.head_first_bias
+        for x, activation, scratch in zip(plan.head_inputs, self.head_first_activations, plan.head_input_scratch,
+                                          strict=True):
+            if activation is not None:
+                activation(x, scratch)
+
+    def _heads(self, hidden: np.ndarray, which: tuple[int, ...], plan: _Plan) -> list[np.ndarray]:
+        """Output rows of the heads ``which`` (0 reward, 1 value, 2 policy) from ``hidden`` [B, H]."""
+        self._head_first_layers(hidden, plan)
+        return [_run_dense(self.heads[i], 1, plan.head_inputs[i], plan.head_outs[i], plan.head_scratch[i])
+                for i in which]
+
+    def _paired_heads(self, hidden: np.ndarray, plan: _Plan,
+                      readout: Readout) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(reward [B], policy_logits [B, A], value [B])``: the heads with the reward and value tails paired."""
+        self._head_first_layers(hidden, plan)
+        rows = _run_dense(self.paired_tail, 0, plan.pair_input, plan.pair_outs, plan.pair_scratch)  # [2, B, S]
         batch_size = hidden.shape[0]
-        scalars = readout(x.reshape(2 * batch_size, -1), plan.pair_row, plan.pair_scalars)
+        scalars = readout(rows.reshape(2 * batch_size, -1), plan.pair_row, plan.pair_scalars)
         policy_logits = _run_dense(self.heads[2], 1, plan.head_inputs[2], plan.head_outs[2], plan.head_scratch[2])
         return scalars[:batch_size], policy_logits, scalars[batch_size:]
 

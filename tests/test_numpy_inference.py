@@ -196,3 +196,13 @@ def test_root_and_recurrent_fn_give_the_trees_shapes_and_dtypes():
     assert out.embedding.shape == (3, 64) and out.reward.shape == (3,) and out.value.shape == (3,)
     assert out.prior_logits.shape == (3, NUM_ACTIONS)
     assert all(x.dtype == np.float32 for x in (out.embedding, out.reward, out.value, out.prior_logits))
+
+
+def test_engine_refuses_layers_that_do_not_fit_together():
+    from rllib_muzero.numpy_inference import NumpyMLPInference, dense_layers
+
+    model, _, _ = build()
+    nets = [dense_layers(net) for net in (model.representation_net, model.dynamics_net, model.reward_head,
+                                          model.value_head, model.policy_head)]
+    with pytest.raises(ValueError, match="inconsistent layers.*expected hidden 64 \\+ 4 actions"):
+        NumpyMLPInference(*nets, num_actions=NUM_ACTIONS + 1)

@@ -305,6 +305,9 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
     ``tests/test_search_cases.py``). With gradients enabled (training) the separate layers run, so autograd sees the
     plain module graph. Subclasses that override ``dynamics`` or ``prediction`` always take the plain path.
 
+    On the CPU the search does not call these torch methods at all: :meth:`numpy_inference` gives the same network in
+    numpy (:mod:`rllib_muzero.numpy_inference`), several times cheaper per call at the search's batch sizes.
+
     The last layers of the value, reward and policy heads are zero-initialised, so a fresh network predicts uniform
     distributions: policy priors are uniform and value / reward are the mean atom, i.e. 0 on the usual symmetric
     supports ``[-m, m]``. This keeps early search and bootstrapped targets free of arbitrary random values (a common
@@ -457,7 +460,6 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
                 bias = torch.cat(params[1::2])
             self._stacked_heads = (key, weight, bias)
         return self._stacked_heads[1], self._stacked_heads[2]
-
 
     def numpy_inference(self) -> NumpyMLPInference | None:
         """This network as a :class:`~rllib_muzero.numpy_inference.NumpyMLPInference` for the search on the CPU (same

@@ -7,7 +7,8 @@ to an optimised BLAS ``sgemm`` just as torch's do. On issue #7's comparison netw
 reward heads) one recurrent inference with its scalar read-out drops from 119 to 23 us at 1 row, from 154 to 46 us at
 8 rows and from 238 to 139 us at 32 rows (``benchmarks/search_speed.py``'s network-only bound; docs/benchmarks.md).
 The elementwise steps that run once per simulation (hidden-state scaling, bias + ReLU) are small numba kernels, one
-pass each instead of several numpy calls. This is hand-written on purpose:
+pass each instead of several numpy calls; for a single row, a ReLU network's whole recurrent step is one numba kernel
+(23 -> 15 us: see ``COMPILED_STEP_MAX_ROWS``). This is hand-written on purpose:
 ``torch.compile`` needs a C++ toolchain at run time and still pays a per-call guard cost of the same order, and
 TorchScript is deprecated.
 
@@ -39,6 +40,14 @@ import numpy as np
 from torch import nn
 
 from rllib_muzero.support import DEFAULT_EPS, DiscreteSupport, _h_inverse_kernel
+
+# Batches of at most this many rows run the whole recurrent step as one compiled kernel (ReLU networks). For one row
+# (a single search: serving, evaluation, compute_single_action) the ~20 numpy calls' fixed costs outweigh the work:
+# 23 -> 15 us per step on the comparison network. From two rows on, BLAS products and numpy's vectorised exp win (the
+# kernel's exp is scalar): 26 vs 25 us at 2 rows, 51 vs 31 us at 4 (benchmarks/search_speed.py's bound, 2026-11-26).
+COMPILED_STEP_MAX_ROWS = 1
+# Reassociation and FMA only: loops vectorise, while NaN and inf keep their meaning.
+_FAST = {"reassoc", "contract"}
 
 # Activations with an exact numpy counterpart (nn.Module type -> in-place function of (x, scratch)). GELU (erf) has
 # none in numpy: networks using it search through torch.
@@ -138,6 +147,7 @@ class Readout:
     def __init__(self, support: DiscreteSupport | None, use_target_transform: bool, eps: float = DEFAULT_EPS) -> None:
         self.support = support
         self.atoms = None if support is None else np.arange(support.min, support.max + 1, dtype=np.float32)
+        self.kernel_atoms = np.zeros(0, np.float32) if self.atoms is None else self.atoms  # empty: a scalar head
         self.use_target_transform = bool(use_target_transform)
         self.eps = float(eps)
 
@@ -266,8 +276,158 @@ class _Plan:
             self.pair_row = np.empty((2 * B, 1), np.float32)
             self.pair_scalars = np.empty(2 * B, np.float32)  # [reward..., value...]
         self.readout_row = np.empty((B, 1), np.float32)
+        self.next_hidden = np.empty((B, engine.dynamics_rest[-1].out_features if engine.dynamics_rest
+                                     else engine.dynamics_hidden.out_features), np.float32)
+        self.policy = np.empty((B, engine.heads[2][-1].out_features), np.float32)
         self.reward = np.empty(B, np.float32)
         self.value = np.empty(B, np.float32)
+
+
+# ---- the compiled recurrent step for small batches (ReLU networks) ----
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _k_dense(x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
+    """``max(x @ weight_t + bias, 0)`` (or without the max) for a few rows, as plain loops."""
+    out = np.empty((x.shape[0], weight_t.shape[1]), np.float32)
+    for i in range(x.shape[0]):
+        row = out[i]
+        row[:] = bias
+        for k in range(weight_t.shape[0]):
+            xv = x[i, k]
+            w = weight_t[k]
+            for j in range(row.shape[0]):
+                row[j] += xv * w[j]
+        if relu:
+            for j in range(row.shape[0]):
+                if row[j] < 0.0:
+                    row[j] = 0.0
+    return out
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _k_mlp(x: np.ndarray, params: np.ndarray, layers: np.ndarray, start: int, stop: int) -> np.ndarray:
+    """Layers ``start:stop`` of the table ``layers`` (rows: weight offset, bias offset, in, out into the flat
+    ``params``), ReLU after every layer but the last."""
+    for i in range(start, stop):
+        w_at, b_at, n_in, n_out = layers[i, 0], layers[i, 1], layers[i, 2], layers[i, 3]
+        weight_t = params[w_at:w_at + n_in * n_out].reshape((n_in, n_out))
+        x = _k_dense(x, weight_t, params[b_at:b_at + n_out], i < stop - 1)
+    return x
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _k_readout(rows: np.ndarray, atoms: np.ndarray, transform: bool, eps: float, out: np.ndarray) -> None:
+    """:class:`Readout` for a few rows: softmax expectation over ``atoms`` (empty: a scalar head), then h^-1."""
+    for i in range(rows.shape[0]):
+        if atoms.shape[0] == 0:
+            out[i] = rows[i, 0]
+            continue
+        row = rows[i]
+        top = row[0]
+        for j in range(row.shape[0]):
+            if row[j] > top:
+                top = row[j]
+        total = 0.0
+        weighted = 0.0
+        for j in range(row.shape[0]):
+            p = np.exp(np.float32(row[j] - top))
+            total += p
+            weighted += p * atoms[j]
+        out[i] = weighted / total
+    if transform:
+        _h_inverse_kernel(out, eps, out)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _k_recurrent(hidden, actions, dyn_wh, dyn_wa, dyn_b, dyn_relu, head_w, head_b, widths, params, layers, ranges,
+                 reward_atoms, value_atoms, transform, eps, scale_eps, next_hidden, reward, policy, value):
+    """:meth:`NumpyMLPInference.recurrent_inference` for a few rows in one call (same functions, ReLU network)."""
+    x = np.empty((hidden.shape[0], dyn_wh.shape[1]), np.float32)
+    for i in range(hidden.shape[0]):  # concat[hidden, one_hot(a)] @ W + b  ==  hidden @ W_h + W_a[a] + b
+        row = x[i]
+        row[:] = dyn_b
+        row += dyn_wa[actions[i]]
+        for k in range(dyn_wh.shape[0]):
+            hv = hidden[i, k]
+            w = dyn_wh[k]
+            for j in range(row.shape[0]):
+                row[j] += hv * w[j]
+        if dyn_relu:
+            for j in range(row.shape[0]):
+                if row[j] < 0.0:
+                    row[j] = 0.0
+    s = _k_mlp(x, params, layers, ranges[0, 0], ranges[0, 1])
+    for i in range(s.shape[0]):  # min-max scaling, as _scale_rows
+        lo = s[i, 0]
+        hi = s[i, 0]
+        for j in range(s.shape[1]):
+            if s[i, j] < lo:
+                lo = s[i, j]
+            if s[i, j] > hi:
+                hi = s[i, j]
+        denominator = (hi - lo) + scale_eps
+        for j in range(s.shape[1]):
+            next_hidden[i, j] = (s[i, j] - lo) / denominator
+    first = _k_dense(next_hidden, head_w, head_b, False)
+    start = 0
+    for h in range(3):  # reward, value, policy: first-layer columns, ReLU if the head has more layers, then the rest
+        block = first[:, start:start + widths[h]]
+        start += widths[h]
+        if ranges[h + 1, 1] > ranges[h + 1, 0]:
+            for i in range(block.shape[0]):
+                for j in range(block.shape[1]):
+                    if block[i, j] < 0.0:
+                        block[i, j] = 0.0
+            block = _k_mlp(block, params, layers, ranges[h + 1, 0], ranges[h + 1, 1])
+        if h == 0:
+            _k_readout(block, reward_atoms, transform, eps, reward)
+        elif h == 1:
+            _k_readout(block, value_atoms, transform, eps, value)
+        else:
+            policy[:, :] = block
+
+
+class _CompiledStep:
+    """The engine's weights as :func:`_k_recurrent` reads them: the layers after the dynamics' first and after the
+    heads' first packed into one flat array with a table of offsets (a few arrays to pass per call instead of a
+    list per network part; built once per weight snapshot)."""
+
+    def __init__(self, engine: NumpyMLPInference) -> None:
+        parts = [engine.dynamics_rest, *(head[1:] for head in engine.heads)]
+        chunks, rows, ranges, offset = [], [], [], 0
+        for part in parts:
+            ranges.append((len(rows), len(rows) + len(part)))
+            for layer in part:
+                n_in, n_out = layer.weight_t.shape
+                rows.append((offset, offset + n_in * n_out, n_in, n_out))
+                chunks += [layer.weight_t.reshape(-1), layer.bias]
+                offset += n_in * n_out + n_out
+        self.params = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, np.float32)
+        self.layers = np.array(rows, np.int64).reshape(-1, 4)
+        self.ranges = np.array(ranges, np.int64)
+        self.dyn = (engine.dynamics_hidden.weight_t, engine.dynamics_action_rows, engine.dynamics_hidden.bias,
+                    engine.dynamics_hidden.activation is _relu)
+        self.heads = (engine.head_first_weight_t, engine.head_first_bias,
+                      np.array([s.stop - s.start for s in engine.head_slices], np.int64))
+
+    @staticmethod
+    def supports(engine: NumpyMLPInference) -> bool:
+        """Every hidden layer ReLU (the kernel's only activation), every output layer plain."""
+        mlps = [[engine.dynamics_hidden, *engine.dynamics_rest], *engine.heads]
+        return all(layer.activation is (_relu if i < len(mlp) - 1 else None)
+                   for mlp in mlps for i, layer in enumerate(mlp))
+
+    def recurrent(self, hidden: np.ndarray, actions: np.ndarray, reward_readout: Readout, value_readout: Readout,
+                  plan: _Plan, scale_eps: np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        if reward_readout.use_target_transform != value_readout.use_target_transform or \
+                reward_readout.eps != value_readout.eps:
+            raise ValueError("the reward and value read-outs must share the target transform")
+        _k_recurrent(np.ascontiguousarray(hidden), np.ascontiguousarray(actions, dtype=np.int64), *self.dyn,
+                     *self.heads, self.params, self.layers, self.ranges, reward_readout.kernel_atoms,
+                     value_readout.kernel_atoms,
+                     value_readout.use_target_transform, value_readout.eps, scale_eps, plan.next_hidden, plan.reward,
+                     plan.policy, plan.value)
+        return plan.next_hidden, plan.reward, plan.policy, plan.value
 
 
 @functools.lru_cache(maxsize=1)
@@ -327,6 +487,7 @@ class NumpyMLPInference:
 
         self._scale_eps = np.float32(HIDDEN_STATE_SCALE_EPS)
         self._plans: dict[int, _Plan] = {}
+        self._compiled = _CompiledStep(self) if _CompiledStep.supports(self) else None
 
     # ---- buffers: every intermediate and output array of one batch size, allocated on first use ----
 
@@ -389,6 +550,8 @@ class NumpyMLPInference:
         int [B]: the dynamics' first layer is ``hidden @ W_h + W_a[action] + b``, i.e. ``concat[hidden,
         one_hot(action)] @ W + b``."""
         plan = self._plan(hidden.shape[0])
+        if self._compiled is not None and hidden.shape[0] <= COMPILED_STEP_MAX_ROWS:
+            return self._compiled.recurrent(hidden, actions, reward_readout, value_readout, plan, self._scale_eps)
         layer = self.dynamics_hidden
         x = plan.dyn_first
         np.matmul(hidden, layer.weight_t, out=x)

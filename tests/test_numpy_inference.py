@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_info
 
 from rllib_muzero.acting import numpy_root_and_recurrent_fn, search_with_model, to_scalar
 from rllib_muzero.models import FullyConnectedMuZeroModel
-from rllib_muzero.numpy_inference import Readout
+from rllib_muzero.numpy_inference import COMPILED_STEP_MAX_ROWS, Readout
 from rllib_muzero.support import DiscreteSupport
 
 OBS_DIM, NUM_ACTIONS = 5, 3
@@ -75,6 +75,10 @@ CASES = {
         {"activation": "silu", "dynamics_layers": [], "policy_layers": [], "value_layers": [32, 16]}, (-20, 20),
         (-20, 20)),
     "swish, scalar heads": ({"activation": "swish", "representation_layers": [32, 32]}, None, None),
+    "relu, no hidden layers after the first, scalar heads": (
+        {"dynamics_layers": [], "reward_layers": [], "value_layers": [], "policy_layers": []}, None, None),
+    "relu, deeper tails, different supports": ({"value_layers": [32, 16], "policy_layers": [8, 8],
+                                                "dynamics_layers": [48, 40]}, (-30, 30), (-6, 6)),
 }
 
 
@@ -86,6 +90,10 @@ def test_engine_matches_the_torch_network(case, batch_size, transform):
     model, value_support, reward_support = build(options, value_bounds, reward_bounds)
     engine = model.numpy_inference()
     assert engine is not None
+    # ReLU networks run batches of up to COMPILED_STEP_MAX_ROWS rows as one compiled kernel (batch size 1 here),
+    # larger ones (3, 7, 9) through numpy: both are compared with torch.
+    assert 1 <= COMPILED_STEP_MAX_ROWS < 3
+    assert (engine._compiled is not None) == (options.get("activation", "relu") == "relu")
     rng = np.random.default_rng(1)
     obs = rng.standard_normal((batch_size, OBS_DIM)).astype(np.float32)
     actions = rng.integers(0, NUM_ACTIONS, batch_size)

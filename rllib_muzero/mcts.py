@@ -727,7 +727,7 @@ def muzero_search(
     unvisited_is_parent = unvisited_value == "parent"
     logits_shape = (batch_size, num_actions)
     scalar_shape = (batch_size,)
-    f32 = np.float32
+    f32, contiguous = np.float32, np.ascontiguousarray
 
     for sim in range(1, num_nodes):  # simulation `sim` creates node `sim`
         # 1. simulate: select_child from every root down to an unexpanded edge (parent node, action).
@@ -754,15 +754,15 @@ def muzero_search(
         else:
             flat.take(flat_index, axis=0, out=parent_embedding)  # [B, *H]
         out = recurrent_fn(parent_embedding, actions.copy())
-        rewards = np.ascontiguousarray(out.reward, dtype=f32)  # [B]
-        logits = np.ascontiguousarray(out.prior_logits, dtype=f32)  # [B, A]
-        values = np.ascontiguousarray(out.value, dtype=f32)  # [B]
+        rewards = contiguous(out.reward, dtype=f32)  # [B]
+        logits = contiguous(out.prior_logits, dtype=f32)  # [B, A]
+        values = contiguous(out.value, dtype=f32)  # [B]
         embedding = out.embedding  # [B, *H]
         if (
             logits.shape != logits_shape
             or rewards.shape != scalar_shape
             or values.shape != scalar_shape
-            or tuple(embedding.shape) != embedding_shape
+            or embedding.shape != embedding_shape  # a tuple, or a torch.Size (a tuple subclass)
         ):
             _fail(
                 "recurrent_fn",

@@ -4,11 +4,11 @@ Why it exists: the search calls the network once per simulation on a handful of 
 torch forward pass costs its ~25 operators' dispatch overhead (3-8 us each), not their arithmetic; the same forward
 pass in numpy, on output buffers preallocated per batch size, costs about 1 us per operator, and its matrix products go
 to an optimised BLAS ``sgemm`` just as torch's do. On issue #7's comparison network (64-wide layers, 601-atom value and
-reward heads) one recurrent inference with its scalar read-out drops from 119 to 23 us at 1 row, from 154 to 46 us at
-8 rows and from 238 to 139 us at 32 rows (``benchmarks/search_speed.py``'s network-only bound; docs/benchmarks.md).
+reward heads) one recurrent inference with its scalar read-out drops from 119 to 15 us at 1 row, from 154 to 45 us at
+8 rows and from 238 to 136 us at 32 rows (``benchmarks/search_speed.py``'s network-only bound; docs/benchmarks.md).
 The elementwise steps that run once per simulation (hidden-state scaling, bias + ReLU) are small numba kernels, one
 pass each instead of several numpy calls; for a single row, a ReLU network's whole recurrent step is one numba kernel
-(23 -> 15 us: see ``COMPILED_STEP_MAX_ROWS``). This is hand-written on purpose:
+(23 us through numpy -> 15 us: see ``COMPILED_STEP_MAX_ROWS``). This is hand-written on purpose:
 ``torch.compile`` needs a C++ toolchain at run time and still pays a per-call guard cost of the same order, and
 TorchScript is deprecated.
 

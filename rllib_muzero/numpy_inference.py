@@ -285,6 +285,15 @@ class _Plan:
 
 # ---- the compiled recurrent step for small batches (ReLU networks) ----
 
+@numba.njit(cache=True, nogil=True)
+def _k_relu(x: np.ndarray) -> None:
+    """In place ``x = max(x, 0)`` for ``x`` [B, W] (any strides)."""
+    for i in range(x.shape[0]):
+        for j in range(x.shape[1]):
+            if x[i, j] < 0.0:
+                x[i, j] = 0.0
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _k_dense(x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray, relu: bool) -> np.ndarray:
     """``max(x @ weight_t + bias, 0)`` (or without the max) for a few rows, as plain loops."""
@@ -297,10 +306,8 @@ def _k_dense(x: np.ndarray, weight_t: np.ndarray, bias: np.ndarray, relu: bool) 
             w = weight_t[k]
             for j in range(row.shape[0]):
                 row[j] += xv * w[j]
-        if relu:
-            for j in range(row.shape[0]):
-                if row[j] < 0.0:
-                    row[j] = 0.0
+    if relu:
+        _k_relu(out)
     return out
 
 
@@ -342,42 +349,21 @@ def _k_readout(rows: np.ndarray, atoms: np.ndarray, transform: bool, eps: float,
 def _k_recurrent(hidden, actions, dyn_wh, dyn_wa, dyn_b, dyn_relu, head_w, head_b, widths, params, layers, ranges,
                  reward_atoms, value_atoms, transform, eps, scale_eps, next_hidden, reward, policy, value):
     """:meth:`NumpyMLPInference.recurrent_inference` for a few rows in one call (same functions, ReLU network)."""
-    x = np.empty((hidden.shape[0], dyn_wh.shape[1]), np.float32)
-    for i in range(hidden.shape[0]):  # concat[hidden, one_hot(a)] @ W + b  ==  hidden @ W_h + W_a[a] + b
-        row = x[i]
-        row[:] = dyn_b
-        row += dyn_wa[actions[i]]
-        for k in range(dyn_wh.shape[0]):
-            hv = hidden[i, k]
-            w = dyn_wh[k]
-            for j in range(row.shape[0]):
-                row[j] += hv * w[j]
-        if dyn_relu:
-            for j in range(row.shape[0]):
-                if row[j] < 0.0:
-                    row[j] = 0.0
+    x = _k_dense(hidden, dyn_wh, dyn_b, False)
+    for i in range(x.shape[0]):  # concat[hidden, one_hot(a)] @ W + b  ==  hidden @ W_h + b + W_a[a]
+        x[i] += dyn_wa[actions[i]]
+    if dyn_relu:
+        _k_relu(x)
     s = _k_mlp(x, params, layers, ranges[0, 0], ranges[0, 1])
-    for i in range(s.shape[0]):  # min-max scaling, as _scale_rows
-        lo = s[i, 0]
-        hi = s[i, 0]
-        for j in range(s.shape[1]):
-            if s[i, j] < lo:
-                lo = s[i, j]
-            if s[i, j] > hi:
-                hi = s[i, j]
-        denominator = (hi - lo) + scale_eps
-        for j in range(s.shape[1]):
-            next_hidden[i, j] = (s[i, j] - lo) / denominator
+    _scale_rows(s, scale_eps)
+    next_hidden[:, :] = s
     first = _k_dense(next_hidden, head_w, head_b, False)
     start = 0
     for h in range(3):  # reward, value, policy: first-layer columns, ReLU if the head has more layers, then the rest
         block = first[:, start:start + widths[h]]
         start += widths[h]
         if ranges[h + 1, 1] > ranges[h + 1, 0]:
-            for i in range(block.shape[0]):
-                for j in range(block.shape[1]):
-                    if block[i, j] < 0.0:
-                        block[i, j] = 0.0
+            _k_relu(block)
             block = _k_mlp(block, params, layers, ranges[h + 1, 0], ranges[h + 1, 1])
         if h == 0:
             _k_readout(block, reward_atoms, transform, eps, reward)

@@ -38,6 +38,7 @@ Reproduce::
     python benchmarks/learner_speed.py                    # batch 256, K = 5, n = 10, 100k transitions
     python benchmarks/learner_speed.py --repeats 9 --updates 30
     python benchmarks/learner_speed.py --profile          # cProfile of 30 real-path updates instead of the table
+    python benchmarks/learner_speed.py --num-gpus 1       # the learner on a GPU (wall-clock rate)
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             td_steps=args.td_steps,
             replay_capacity=args.capacity,
         )
+        .resources(num_gpus=args.num_gpus)
         .debugging(seed=args.seed)
     )
     env = gym.make("CartPole-v1")
@@ -231,6 +233,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per series (median)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed updates first")
     parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
+    parser.add_argument("--num-gpus", type=float, default=0,
+                        help="the learner's num_gpus (RLlib places the policy on cuda:0 when a GPU is visible; on a "
+                             "GPU compare the wall-clock rate: the thread's CPU time misses the device's work)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile 30 updates instead of the table")
     args = parser.parse_args()
@@ -276,7 +281,7 @@ def main() -> None:
 
     print(
         f"learner, batch {args.batch_size}, K = {args.unroll}, n = {args.td_steps}, replay {len(replay):,} / "
-        f"{replay.capacity:,} transitions, {args.threads} thread(s), torch {torch.__version__} "
+        f"{replay.capacity:,} transitions, {args.threads} thread(s), device {policy.device}, torch {torch.__version__} "
         f"(setup {setup_s:.1f} s)"
     )
     print(f"{'':<38}{'median':>8}{'min':>8}{'max':>8}   ({args.repeats} rounds x {args.updates} updates)")

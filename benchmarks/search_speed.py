@@ -27,6 +27,7 @@ Reproduce::
     python benchmarks/search_speed.py --profile 32          # cProfile of searches with 32 roots
     python benchmarks/search_speed.py --network default     # the package's muzero_fc through its acting glue
     python benchmarks/search_speed.py --inference torch     # the networks in eager torch
+    python benchmarks/search_speed.py --inference torch --device cuda   # ... on a GPU
 """
 
 from __future__ import annotations
@@ -87,18 +88,18 @@ class BenchNet(nn.Module):
     def initial_inference(self, obs: torch.Tensor) -> RootOutput:
         hidden = _scale(self.representation(obs))
         return RootOutput(
-            prior_logits=self.policy_head(hidden).numpy(),
-            value=self._scalar(self.value_head(hidden)).numpy(),
+            prior_logits=self.policy_head(hidden).cpu().numpy(),
+            value=self._scalar(self.value_head(hidden)).cpu().numpy(),
             embedding=hidden,
         )
 
     def recurrent_inference(self, hidden: torch.Tensor, actions: np.ndarray) -> RecurrentOutput:
-        x = torch.cat([hidden, self.one_hot[torch.from_numpy(actions)]], dim=1)
+        x = torch.cat([hidden, self.one_hot[torch.from_numpy(actions).to(hidden.device)]], dim=1)
         next_hidden = _scale(self.dynamics(x))
         return RecurrentOutput(
-            reward=self._scalar(self.reward_head(next_hidden)).numpy(),
-            prior_logits=self.policy_head(next_hidden).numpy(),
-            value=self._scalar(self.value_head(next_hidden)).numpy(),
+            reward=self._scalar(self.reward_head(next_hidden)).cpu().numpy(),
+            prior_logits=self.policy_head(next_hidden).cpu().numpy(),
+            value=self._scalar(self.value_head(next_hidden)).cpu().numpy(),
             embedding=next_hidden,
         )
 
@@ -106,7 +107,7 @@ class BenchNet(nn.Module):
 class PackageNet:
     """The default CartPole network (``muzero_fc`` defaults, supports -300..300) through the package's acting glue."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         size = 2 * SUPPORT + 1
         self.model = FullyConnectedMuZeroModel(
             gym.spaces.Box(-np.inf, np.inf, (OBS_DIM,), np.float32), gym.spaces.Discrete(NUM_ACTIONS), NUM_ACTIONS,
@@ -114,8 +115,9 @@ class PackageNet:
         with torch.no_grad():  # non-zero heads (a fresh muzero_fc predicts uniform distributions)
             for parameter in self.model.parameters():
                 parameter.normal_(0.0, 0.1)
+        self.model.to(device)
         self.support = DiscreteSupport(-SUPPORT, SUPPORT)
-        self.recurrent_inference = make_recurrent_fn(self.model, torch.device("cpu"), value_support=self.support,
+        self.recurrent_inference = make_recurrent_fn(self.model, device, value_support=self.support,
                                                      reward_support=self.support, use_target_transform=True)
 
     def initial_inference(self, obs: torch.Tensor) -> RootOutput:
@@ -156,11 +158,11 @@ def _time(fn) -> float:
 
 
 def measure(net: BenchNet | PackageNet | NumpyNet, batch_size: int, simulations: int, repeats: int,
-            seed: int = 0) -> dict[str, float]:
+            seed: int = 0, device: str | torch.device = "cpu") -> dict[str, float]:
     rng = np.random.default_rng(seed)
     workspace = SearchWorkspace()
     with torch.inference_mode():
-        obs = torch.from_numpy(rng.standard_normal((batch_size, OBS_DIM)).astype(np.float32))
+        obs = torch.from_numpy(rng.standard_normal((batch_size, OBS_DIM)).astype(np.float32)).to(device)
         root = net.initial_inference(obs)
         actions = rng.integers(0, NUM_ACTIONS, size=batch_size).astype(np.int64)
 
@@ -208,6 +210,9 @@ def main() -> None:
                         help="issue #7's fixed comparison network, or the package's default CartPole network")
     parser.add_argument("--inference", choices=("numpy", "torch"), default="numpy",
                         help="the package's lean numpy inference (the policy's CPU path for muzero_fc) or eager torch")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device of the network and embeddings with --inference torch, e.g. cuda "
+                             "(the numpy inference is CPU-only)")
     parser.add_argument(
         "--profile",
         type=int,
@@ -216,31 +221,34 @@ def main() -> None:
         help="instead of the table, cProfile 20 searches with this batch size",
     )
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type != "cpu" and args.inference == "numpy":
+        parser.error(f"--device {args.device} needs --inference torch (the numpy inference runs on the CPU)")
 
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    net = BenchNet().eval() if args.network == "comparison" else PackageNet()
+    net = BenchNet().eval().to(device) if args.network == "comparison" else PackageNet(device)
     if args.inference == "numpy":
         net = NumpyNet.comparison(net) if args.network == "comparison" else NumpyNet.default(net)
     with NumpyMLPInference.blas_threads(1):  # one thread for numpy's BLAS too
-        run(net, args)
+        run(net, args, device)
 
 
-def run(net: BenchNet | PackageNet | NumpyNet, args: argparse.Namespace) -> None:
+def run(net: BenchNet | PackageNet | NumpyNet, args: argparse.Namespace, device: torch.device) -> None:
     if args.profile is not None:
-        measure(net, args.profile, args.simulations, repeats=1, seed=args.seed)  # warm-up
+        measure(net, args.profile, args.simulations, repeats=1, seed=args.seed, device=device)  # warm-up
         profiler = cProfile.Profile()
         profiler.enable()
-        measure(net, args.profile, args.simulations, repeats=20, seed=args.seed)
+        measure(net, args.profile, args.simulations, repeats=20, seed=args.seed, device=device)
         profiler.disable()
         pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
         return
 
-    print(f"muzero_search, {args.network} network, {args.inference} inference, {args.simulations} simulations, "
-          f"1 thread, torch {torch.__version__}")
+    print(f"muzero_search, {args.network} network, {args.inference} inference on {device}, {args.simulations} "
+          f"simulations, 1 thread, torch {torch.__version__}")
     print(f"{'roots':>6} {'search ms':>10} {'bound ms':>10} {'search exp/s':>13} {'bound exp/s':>12} {'ratio':>6}")
     for batch_size in args.batch_sizes:
-        r = measure(net, batch_size, args.simulations, args.repeats, seed=args.seed)
+        r = measure(net, batch_size, args.simulations, args.repeats, seed=args.seed, device=device)
         print(
             f"{batch_size:>6} {1e3 * r['search_s']:>10.2f} {1e3 * r['bound_s']:>10.2f} {r['search_eps']:>13,.0f} "
             f"{r['bound_eps']:>12,.0f} {r['ratio']:>6.2f}"

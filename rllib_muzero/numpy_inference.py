@@ -145,15 +145,10 @@ class Readout:
     ``h^-1`` when targets are transformed (paper Appendix F). Same function as :func:`support_to_scalar_numpy`."""
 
     def __init__(self, support: DiscreteSupport | None, use_target_transform: bool, eps: float = DEFAULT_EPS) -> None:
-        self.support = support
         self.atoms = None if support is None else np.arange(support.min, support.max + 1, dtype=np.float32)
         self.kernel_atoms = np.zeros(0, np.float32) if self.atoms is None else self.atoms  # empty: a scalar head
         self.use_target_transform = bool(use_target_transform)
         self.eps = float(eps)
-
-    @property
-    def size(self) -> int:
-        return 1 if self.atoms is None else self.atoms.shape[0]
 
     def __call__(self, logits: np.ndarray, row_scratch: np.ndarray, out: np.ndarray) -> np.ndarray:
         """``logits`` [B, S] (overwritten), ``row_scratch`` [B, 1], ``out`` [B] float32 (returned)."""

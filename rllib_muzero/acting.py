@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from rllib_muzero.mcts import RecurrentFn, RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
-from rllib_muzero.numpy_inference import NumpyMLPInference, Readout
+from rllib_muzero.numpy_inference import NumpyMLPInference, readout
 from rllib_muzero.support import DiscreteSupport, support_to_scalar_numpy
 
 # The config keys the search reads (MuZeroConfig names).
@@ -99,8 +99,8 @@ def numpy_root_and_recurrent_fn(
 ) -> tuple[RootOutput, RecurrentFn]:
     """:func:`root_output` and :func:`make_recurrent_fn` through the network's numpy engine (CPU ``obs``): the
     embeddings are numpy arrays and the engine reads out the scalars itself."""
-    value_readout = Readout(value_support, use_target_transform)
-    reward_readout = value_readout if reward_support == value_support else Readout(reward_support, use_target_transform)
+    value_readout = readout(value_support, bool(use_target_transform))
+    reward_readout = readout(reward_support, bool(use_target_transform))  # the same object for equal supports
     hidden, prior_logits, value = engine.initial_inference(obs.numpy(), value_readout)
     root = RootOutput(prior_logits=prior_logits, value=value, embedding=hidden)
 

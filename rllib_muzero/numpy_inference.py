@@ -169,6 +169,13 @@ class Readout:
         return out
 
 
+@functools.lru_cache(maxsize=16)
+def readout(support: DiscreteSupport | None, use_target_transform: bool) -> Readout:
+    """A :class:`Readout`, built once per support and transform (a read-out never writes its atoms): the search asks
+    for one per call."""
+    return Readout(support, use_target_transform)
+
+
 @numba.njit(cache=True, nogil=True)
 def _scale_rows(s: np.ndarray, eps: np.float32) -> None:
     """In place, per row of ``s`` [B, H] float32: ``(s - min) / (max - min + eps)`` in float32, the operations of
@@ -342,7 +349,8 @@ def _k_readout(rows: np.ndarray, atoms: np.ndarray, transform: bool, eps: float,
 
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _k_recurrent(hidden, actions, dyn_wh, dyn_wa, dyn_b, dyn_relu, head_w, head_b, widths, params, layers, ranges,
-                 reward_atoms, value_atoms, transform, eps, scale_eps, next_hidden, reward, policy, value):
+                 reward_atoms, reward_transform, reward_eps, value_atoms, value_transform, value_eps, scale_eps,
+                 next_hidden, reward, policy, value):
     """:meth:`NumpyMLPInference.recurrent_inference` for a few rows in one call (same functions, ReLU network)."""
     x = _k_dense(hidden, dyn_wh, dyn_b, False)
     for i in range(x.shape[0]):  # concat[hidden, one_hot(a)] @ W + b  ==  hidden @ W_h + b + W_a[a]
@@ -361,9 +369,9 @@ def _k_recurrent(hidden, actions, dyn_wh, dyn_wa, dyn_b, dyn_relu, head_w, head_
             _k_relu(block)
             block = _k_mlp(block, params, layers, ranges[h + 1, 0], ranges[h + 1, 1])
         if h == 0:
-            _k_readout(block, reward_atoms, transform, eps, reward)
+            _k_readout(block, reward_atoms, reward_transform, reward_eps, reward)
         elif h == 1:
-            _k_readout(block, value_atoms, transform, eps, value)
+            _k_readout(block, value_atoms, value_transform, value_eps, value)
         else:
             policy[:, :] = block
 
@@ -400,14 +408,11 @@ class _CompiledStep:
 
     def recurrent(self, hidden: np.ndarray, actions: np.ndarray, reward_readout: Readout, value_readout: Readout,
                   plan: _Plan, scale_eps: np.float32) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if reward_readout.use_target_transform != value_readout.use_target_transform or \
-                reward_readout.eps != value_readout.eps:
-            raise ValueError("the reward and value read-outs must share the target transform")
         _k_recurrent(np.ascontiguousarray(hidden), np.ascontiguousarray(actions, dtype=np.int64), *self.dyn,
-                     *self.heads, self.params, self.layers, self.ranges, reward_readout.kernel_atoms,
-                     value_readout.kernel_atoms,
-                     value_readout.use_target_transform, value_readout.eps, scale_eps, plan.next_hidden, plan.reward,
-                     plan.policy, plan.value)
+                     *self.heads, self.params, self.layers, self.ranges,
+                     reward_readout.kernel_atoms, reward_readout.use_target_transform, reward_readout.eps,
+                     value_readout.kernel_atoms, value_readout.use_target_transform, value_readout.eps,
+                     scale_eps, plan.next_hidden, plan.reward, plan.policy, plan.value)
         return plan.next_hidden, plan.reward, plan.policy, plan.value
 
 

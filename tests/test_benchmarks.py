@@ -107,6 +107,8 @@ def test_pong_evaluation_env_is_the_training_env_without_episode_life():
 
 @pytest.mark.parametrize("script,args", [
     ("selfplay_speed.py", ["--envs", "2", "--simulations", "2", "--fragment", "5", "--repeats", "1", "--warmup", "0"]),
+    ("selfplay_speed.py", ["--envs", "2", "--simulations", "2", "--fragment", "5", "--repeats", "1", "--warmup", "0",
+                           "--inference", "torch"]),
     ("search_speed.py", ["--batch-sizes", "1", "2", "--simulations", "3", "--repeats", "1"]),
     ("search_speed.py", ["--network", "default", "--batch-sizes", "2", "--simulations", "3", "--repeats", "1"]),
     ("search_speed.py", ["--inference", "torch", "--batch-sizes", "2", "--simulations", "3", "--repeats", "1"]),
@@ -121,3 +123,11 @@ def test_speed_benchmarks_run_and_print_their_figures(script, args):
                             text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert any(ch.isdigit() for ch in result.stdout), result.stdout
+
+
+def test_search_speed_refuses_a_device_for_the_numpy_inference():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_speed.py"), "--device", "cuda"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert "--device cuda needs --inference torch" in result.stderr

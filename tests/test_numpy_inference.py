@@ -214,3 +214,21 @@ def test_engine_refuses_layers_that_do_not_fit_together():
                                           model.value_head, model.policy_head)]
     with pytest.raises(ValueError, match="inconsistent layers.*expected hidden 64 \\+ 4 actions"):
         NumpyMLPInference(*nets, num_actions=NUM_ACTIONS + 1)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])  # the compiled single-row kernel and the numpy path
+def test_reward_and_value_read_out_each_with_their_own_transform(batch_size):
+    from rllib_muzero.numpy_inference import readout
+
+    model, support, _ = build()
+    engine = model.numpy_inference()
+    rng = np.random.default_rng(2)
+    obs = rng.standard_normal((batch_size, OBS_DIM)).astype(np.float32)
+    actions = rng.integers(0, NUM_ACTIONS, batch_size)
+    assert readout(support, True) is readout(support, True)  # cached: equal supports share one read-out
+    hidden = engine.initial_inference(obs, readout(support, True))[0].copy()
+    _, reward, _, value = engine.recurrent_inference(hidden, actions, readout(support, False), readout(support, True))
+    with torch.inference_mode():
+        out = model.recurrent_inference(torch.from_numpy(hidden), torch.from_numpy(actions))
+    np.testing.assert_allclose(reward, to_scalar(out.reward_logits, support, False), rtol=2e-5, atol=2e-5)
+    np.testing.assert_allclose(value, to_scalar(out.value_logits, support, True), rtol=2e-5, atol=2e-5)

@@ -121,6 +121,10 @@ class MuZeroConfig(AlgorithmConfig):
         self.lr_decay_steps = 100_000
         self.lr_warmup_steps = 0
         self.use_q_max = False
+        # --- Reanalyse and off-policy correction (paper Appendix H; EfficientZero, Ye et al. 2021) ---
+        self.reanalyse_value = False
+        self.target_update_interval = 100
+        self.off_policy_correction_age: int | None = None
         self.momentum = 0.9
         self.weight_decay = 1e-4
 
@@ -181,6 +185,9 @@ class MuZeroConfig(AlgorithmConfig):
         lr_decay_steps: int | None = NotProvided,
         lr_warmup_steps: int | None = NotProvided,
         use_q_max: bool | None = NotProvided,
+        reanalyse_value: bool | None = NotProvided,
+        target_update_interval: int | None = NotProvided,
+        off_policy_correction_age: int | None = NotProvided,
         send_weights_frequency: int | None = NotProvided,
         weight_sync_frequency: int | None = NotProvided,
         **kwargs: Any,
@@ -239,6 +246,18 @@ class MuZeroConfig(AlgorithmConfig):
             lr_warmup_steps: Linear warm-up over this many learner updates, warmup(t) = min(1, (t + 1) / steps).
             use_q_max: Bootstrap value targets from max_a Q(s, a) of the search (visited root children) instead of
                 the root's visit-averaged value (reference's ``--use_q_max``).
+            reanalyse_value: Value reanalyse (paper Appendix H "Reanalyze"; EfficientZero): every bootstrap value of
+                the n-step target ``z_t = sum_{i<n} gamma^i u_{t+1+i} + gamma^n v_{t+n}`` is recomputed when the
+                batch is sampled, ``v_{t+n} = value(representation(o_{t+n}))`` by the target network (one batched
+                forward pass), instead of the search value ``nu_{t+n}`` stored at acting time (which came from an
+                older network and a noisy search).
+            target_update_interval: Learner updates between refreshes of the target network, a frozen copy of the
+                network used for the reanalysed values (EfficientZero: 200; 1 = the weights before each update).
+            off_policy_correction_age: EfficientZero's off-policy correction (Ye et al. 2021, section 4.3): a sample
+                of age a (transitions stored after it) bootstraps after ``clip(td_steps - floor(a / this), 1,
+                td_steps)`` steps instead of ``td_steps``: old trajectories come from an older policy, so their
+                rewards say less about the current policy's return than the current (reanalysed) value does. None:
+                off.
             send_weights_frequency: Learner updates between weight broadcasts to the env runners.
             weight_sync_frequency: Env steps sampled between weight broadcasts (0: no minimum); both must be met.
         """
@@ -282,6 +301,9 @@ class MuZeroConfig(AlgorithmConfig):
             lr_decay_steps=lr_decay_steps,
             lr_warmup_steps=lr_warmup_steps,
             use_q_max=use_q_max,
+            reanalyse_value=reanalyse_value,
+            target_update_interval=target_update_interval,
+            off_policy_correction_age=off_policy_correction_age,
             send_weights_frequency=send_weights_frequency,
             weight_sync_frequency=weight_sync_frequency,
         ).items():
@@ -311,6 +333,14 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "lr_warmup_steps", minimum=0)
         _check_int(self, "send_weights_frequency", minimum=1)
         _check_int(self, "weight_sync_frequency", minimum=0)
+        _check_int(self, "target_update_interval", minimum=1)
+        if not isinstance(self.reanalyse_value, bool):
+            _fail("reanalyse_value", self.reanalyse_value, "True or False")
+        if self.off_policy_correction_age is not None and (
+            not isinstance(self.off_policy_correction_age, int) or isinstance(self.off_policy_correction_age, bool)
+            or self.off_policy_correction_age < 1
+        ):
+            _fail("off_policy_correction_age", self.off_policy_correction_age, "None or an integer >= 1")
         if not _is_number(self.lr_decay_rate) or not 0.0 < self.lr_decay_rate <= 1.0:
             _fail("lr_decay_rate", self.lr_decay_rate, "a number in (0, 1] (1 = no decay)")
         if self.fixed_temperatures is not None:
@@ -619,6 +649,8 @@ class MuZero(Algorithm):
             train_batch = replay.sample(
                 c.train_batch_size, num_unroll_steps=c.num_unroll_steps, td_steps=c.td_steps,
                 discount=c.gamma, rng=self.replay_rng,
+                value_fn=policy.reanalyse_values if c.reanalyse_value else None,
+                td_decay_age=c.off_policy_correction_age,
             )
         with self._timers[LEARN_ON_BATCH_TIMER]:
             out = policy.learn_on_replay_batch(train_batch)

@@ -8,6 +8,7 @@ optimizer steps.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -126,6 +127,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self._workspace = SearchWorkspace()
         self.num_nonfinite_updates = 0
         self.last_search: SearchOutput | None = None
+        self._target_model: MuZeroModelV2 | None = None  # built by the learner on first use (target_model())
+        self._target_updated_at = 0  # num_grad_updates when the target network was last refreshed
 
     # ------------------------------------------------------------------ building
     def make_model(self) -> MuZeroModelV2:
@@ -241,6 +244,35 @@ class MuZeroTorchPolicy(TorchPolicyV2):
                 sample_batch[SampleBatch.ACTIONS] = actions
         return sample_batch
 
+    # ------------------------------------------------------------------ target network and reanalyse
+    def target_model(self) -> MuZeroModelV2:
+        """The target network: a frozen copy of the network, refreshed every ``target_update_interval`` learner
+        updates (:meth:`learn_on_replay_batch`). Built from the current weights on first use, so env runners, which
+        never reanalyse, never hold one. Used for the reanalysed bootstrap values (MuZero Appendix H, "Reanalyze":
+        "we use a target network ... to compute the value targets"; EfficientZero refreshes it every 200 updates)."""
+        if self._target_model is None:
+            self._target_model = copy.deepcopy(self.model)
+            self._target_model.requires_grad_(False)
+            self._target_model.eval()
+            self._target_updated_at = self.num_grad_updates
+        return self._target_model
+
+    def _refresh_target_model(self) -> None:
+        interval = int(self.config["target_update_interval"])
+        if self._target_model is not None and self.num_grad_updates - self._target_updated_at >= interval:
+            self._target_model.load_state_dict(self.model.state_dict())
+            self._target_updated_at = self.num_grad_updates
+
+    @torch.no_grad()
+    def reanalyse_values(self, obs: np.ndarray) -> np.ndarray:
+        """Value reanalyse: ``(M, *obs) -> (M,)`` scalar values of stored observations by the target network (one
+        batched ``initial_inference``; softmax expectation over the value support, then h^-1), the replay's
+        ``value_fn`` (:meth:`~rllib_muzero.replay.SequenceReplayBuffer.build_batch`)."""
+        model = self.target_model()
+        obs_t = self.split_observations(torch.as_tensor(np.asarray(obs), device=self.device))[0]
+        out = model.initial_inference(obs_t)
+        return self.to_scalar(out.value_logits, self.value_support)
+
     # ------------------------------------------------------------------ learning
     def loss(self, model: MuZeroModelV2, dist_class: Any, train_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The MuZero loss (paper eq. 1) of a replay batch (keys in :mod:`rllib_muzero.columns`)."""
@@ -303,6 +335,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             optimizer.zero_grad(set_to_none=True)
             self.num_nonfinite_updates += 1
         self.num_grad_updates += 1
+        self._refresh_target_model()
         stats = {
             "total_loss": float(total.detach()),
             "value_loss": float(out.value_loss),
@@ -327,6 +360,9 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             "rng_state": self.rng.bit_generator.state,
             "worker_index": int(self.config.get("worker_index", 0)),
         }
+        if self._target_model is not None:  # learner side only: exact resume of the reanalysed targets
+            state["muzero"]["target_model"] = {k: v.cpu() for k, v in self._target_model.state_dict().items()}
+            state["muzero"]["target_updated_at"] = self._target_updated_at
         return state
 
     def set_state(self, state: dict) -> None:
@@ -339,3 +375,6 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             # state takes it, so runners never end up sharing one noise stream.
             if extra.get("worker_index") == int(self.config.get("worker_index", 0)):
                 self.rng.bit_generator.state = extra["rng_state"]
+            if "target_model" in extra and int(self.config.get("worker_index", 0)) == 0:  # the learner's policy
+                self.target_model().load_state_dict(extra["target_model"])
+                self._target_updated_at = extra["target_updated_at"]

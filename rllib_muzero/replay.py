@@ -68,12 +68,16 @@ For each sampled slot the chain of ``L = K + n + 1`` consecutive positions is ga
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from rllib_muzero.columns import TRAIN_GENERATIONS, TRAIN_INDICES, TRAIN_OBS, TRAIN_WEIGHTS
-from rllib_muzero.targets import chain_length, make_unroll_targets
+from rllib_muzero.targets import bootstrap_positions, chain_length, make_unroll_targets, off_policy_td_steps
+
+# (M, *obs_shape) stored observations -> (M,) values: reanalyses the bootstrap values of a batch (a target network).
+ValueFn = Callable[[np.ndarray], np.ndarray]
 
 __all__ = ["CONTINUES", "TERMINATED", "TRUNCATED", "SequenceReplayBuffer", "SumTree"]
 
@@ -484,12 +488,15 @@ class SequenceReplayBuffer:
         td_steps: int,
         discount: float,
         rng: np.random.Generator,
+        value_fn: ValueFn | None = None,
+        td_decay_age: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Draw ``batch_size`` positions by stratified proportional sampling and build their unroll targets.
 
         Returns the keys of :meth:`build_batch` plus ``TRAIN_WEIGHTS`` ``(B,)`` float32, the importance-sampling
         weights ``(N P(i))^-beta / max`` with the beta in force before this call; then beta is annealed.
         ``rng`` is consumed for the stratified draws, then for the random actions past episode ends.
+        ``value_fn`` and ``td_decay_age``: see :meth:`build_batch`.
         """
         if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
@@ -502,7 +509,8 @@ class SequenceReplayBuffer:
         weights_B = (self._size * probs_B) ** (-self.beta)
         weights_B /= weights_B.max()
         batch = self.build_batch(
-            indices_B, num_unroll_steps=num_unroll_steps, td_steps=td_steps, discount=discount, rng=rng
+            indices_B, num_unroll_steps=num_unroll_steps, td_steps=td_steps, discount=discount, rng=rng,
+            value_fn=value_fn, td_decay_age=td_decay_age,
         )
         batch[TRAIN_WEIGHTS] = weights_B.astype(np.float32)
         self.beta = min(1.0, self.beta + self.beta_increment_per_sampling)
@@ -516,12 +524,23 @@ class SequenceReplayBuffer:
         td_steps: int,
         discount: float,
         rng: np.random.Generator,
+        value_fn: ValueFn | None = None,
+        td_decay_age: int | None = None,
     ) -> dict[str, np.ndarray]:
         """Training batch (without weights) for the given stored slots, each the start position ``t`` of an unroll.
 
         Follows ``next_slot`` for ``L = K + n + 1`` positions (one vectorised step per position) and calls
         :func:`~rllib_muzero.targets.make_unroll_targets`. Returns its keys plus ``TRAIN_OBS`` ``(B, *obs_shape)``,
         ``TRAIN_INDICES`` and ``TRAIN_GENERATIONS`` ``(B,)`` int64. ``rng`` is consumed for the random actions.
+
+        Args:
+            value_fn: value reanalyse (paper Appendix H; EfficientZero): ``(M, *obs_shape) -> (M,)`` values. When
+                given, every bootstrap value ``nu_{t+k+m}`` the targets read is recomputed as ``value_fn(o_{t+k+m})``
+                (one call for the whole batch, on the distinct slots only) instead of the search value stored at
+                acting time; a fresher network's value of old data.
+            td_decay_age: EfficientZero's off-policy correction: sample ``i`` bootstraps after
+                ``n_i = clip(td_steps - floor(age_i / td_decay_age), 1, td_steps)`` steps, ``age_i`` =
+                :meth:`ages` (transitions stored after it). None: ``td_steps`` for every sample.
         """
         indices_B = np.asarray(indices, dtype=np.int64)
         if indices_B.ndim != 1:
@@ -550,9 +569,16 @@ class SequenceReplayBuffer:
         policies_BPA = self._policies[chain_BL[:, :P]].astype(np.float32)  # stored in float16: renormalise
         policy_sums_BP1 = policies_BPA.sum(axis=-1, keepdims=True)
         np.divide(policies_BPA, policy_sums_BP1, out=policies_BPA, where=policy_sums_BP1 > 0.0)
+        td_steps_B = None
+        if td_decay_age is not None:
+            td_steps_B = off_policy_td_steps(td_steps, self.ages(indices_B), td_decay_age)
+        values_BL = self._root_values[chain_BL]
+        if value_fn is not None:
+            values_BL = self._reanalysed_values(value_fn, chain_BL, values_BL, lengths_B, terminated_B,
+                                                num_unroll_steps, td_steps if td_steps_B is None else td_steps_B)
         batch = make_unroll_targets(
             self._rewards[chain_BL],
-            self._root_values[chain_BL],
+            values_BL,
             policies_BPA,
             self._actions[chain_BL[:, :P]],
             lengths_B,
@@ -562,11 +588,42 @@ class SequenceReplayBuffer:
             discount=discount,
             num_actions=self._num_actions,
             rng=rng,
+            td_steps_B=td_steps_B,
         )
         batch[TRAIN_OBS] = self._obs[indices_B]
         batch[TRAIN_INDICES] = indices_B
         batch[TRAIN_GENERATIONS] = self._generation[indices_B].astype(np.int64)
         return batch
+
+    def _reanalysed_values(self, value_fn: ValueFn, chain_BL: np.ndarray, values_BL: np.ndarray,
+                           lengths_B: np.ndarray, terminated_B: np.ndarray, num_unroll_steps: int,
+                           td_steps: int | np.ndarray) -> np.ndarray:
+        """``values_BL`` with every bootstrap value the targets read replaced by ``value_fn`` of its observation."""
+        end_BK, has_bootstrap_BK = bootstrap_positions(lengths_B, terminated_B, num_unroll_steps=num_unroll_steps,
+                                                       td_steps=td_steps)
+        rows, cols = np.nonzero(has_bootstrap_BK)
+        if rows.size == 0:
+            return values_BL
+        positions = end_BK[rows, cols]
+        slots = chain_BL[rows, positions]
+        unique_slots, inverse = np.unique(slots, return_inverse=True)
+        values = np.asarray(value_fn(self._obs[unique_slots]), dtype=np.float32).reshape(-1)
+        if values.shape != unique_slots.shape:
+            raise ValueError(f"`value_fn` must return one value per observation: {unique_slots.shape[0]} expected, "
+                             f"got shape {values.shape}.")
+        values_BL = values_BL.copy()
+        values_BL[rows, positions] = values[inverse]
+        return values_BL
+
+    def ages(self, indices: np.ndarray) -> np.ndarray:
+        """``(B,)`` int64: how many transitions were stored after each slot (0 for the newest).
+
+        Slots are written in ring order, so the age is the ring distance behind the write position; with a growing
+        window (``window_step``) the ring spans the filled prefix ``len(self)``.
+        """
+        indices_B = np.asarray(indices, dtype=np.int64)
+        size = max(self._size, 1)
+        return (self._next_index - 1 - indices_B) % size
 
     # ------------------------------------------------------------------------------------------------ priorities
     def update_priorities(self, indices: np.ndarray, generations: np.ndarray, abs_errors: np.ndarray) -> None:

@@ -64,12 +64,49 @@ from rllib_muzero.columns import (
     TRAIN_VALUE_MASK,
 )
 
-__all__ = ["chain_length", "make_unroll_targets"]
+__all__ = ["bootstrap_positions", "chain_length", "make_unroll_targets", "off_policy_td_steps"]
 
 
 def chain_length(num_unroll_steps: int, td_steps: int) -> int:
     """Number of consecutive positions ``L = K + n + 1`` the targets of one sample read (positions ``t .. t+K+n``)."""
     return num_unroll_steps + td_steps + 1
+
+
+def off_policy_td_steps(td_steps: int, ages_B: np.ndarray, decay_age: int | None) -> np.ndarray:
+    """Per-sample value horizons of EfficientZero's off-policy correction (Ye et al. 2021, section 4.3):
+
+        n_i = clip(td_steps - floor(age_i / decay_age), 1, td_steps)
+
+    where ``age_i`` counts the transitions stored after sample ``i`` (older data was collected by an older policy,
+    so its rewards say less about the current policy's value: the target bootstraps sooner from the current,
+    reanalysed value). ``decay_age=None`` keeps ``td_steps`` for every sample. Returns ``(B,)`` int64.
+    """
+    ages_B = np.asarray(ages_B, dtype=np.int64)
+    if decay_age is None:
+        return np.full(ages_B.shape, int(td_steps), dtype=np.int64)
+    return np.clip(int(td_steps) - ages_B // int(decay_age), 1, int(td_steps))
+
+
+def bootstrap_positions(
+    lengths_B: np.ndarray, terminated_B: np.ndarray, *, num_unroll_steps: int, td_steps: int | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Where each unroll step's value target bootstraps (the rules of the module docstring).
+
+    Returns ``(end_BK, has_bootstrap_BK)``, both ``(B, K+1)``: ``end_BK[b, k]`` is the chain position ``k + m`` at
+    which the discounted reward sum stops and whose value ``nu_{t+k+m}`` is the bootstrap, used only where
+    ``has_bootstrap_BK`` (the bootstrap is 0 after a termination). ``td_steps`` is ``n``, one int or ``(B,)`` per
+    sample (:func:`off_policy_td_steps`). The replay uses the positions to reanalyse exactly the values read.
+    """
+    K = int(num_unroll_steps)
+    l_B1 = np.asarray(lengths_B, dtype=np.int64)[:, None]
+    term_B1 = np.asarray(terminated_B, dtype=bool)[:, None]
+    n_B1 = np.asarray(td_steps, dtype=np.int64).reshape(-1, 1) if np.ndim(td_steps) else int(td_steps)
+    k_1K = np.arange(K + 1)[None, :]
+    full_BK = k_1K + n_B1 < l_B1  # the n-step bootstrap position exists
+    end_BK = np.where(full_BK, k_1K + n_B1, np.where(term_B1, l_B1, l_B1 - 1))
+    end_BK = np.maximum(end_BK, k_1K)  # past the data the sum is empty; masked or absorbing anyway
+    has_bootstrap_BK = (full_BK | ~term_B1) & (k_1K < l_B1)
+    return end_BK, has_bootstrap_BK
 
 
 def make_unroll_targets(
@@ -85,6 +122,7 @@ def make_unroll_targets(
     discount: float,
     num_actions: int,
     rng: np.random.Generator,
+    td_steps_B: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Build the training targets of ``K = num_unroll_steps`` unroll steps for a batch of gathered chains.
 
@@ -103,6 +141,8 @@ def make_unroll_targets(
         discount: ``gamma`` in ``[0, 1]``.
         num_actions: ``A >= 1``, range of the random actions past the data.
         rng: consumed for the random actions past the data (one ``integers`` call of shape ``(B, K)``).
+        td_steps_B: optional ``(B,)`` per-sample horizons ``1 <= n_b <= td_steps`` (EfficientZero's off-policy
+            correction, :func:`off_policy_td_steps`); ``td_steps`` alone fixes the chain length ``L``.
 
     Returns:
         ``TRAIN_ACTIONS`` ``(B, K)`` int64, ``TRAIN_TARGET_VALUE`` / ``TRAIN_TARGET_REWARD`` ``(B, K+1)`` float32,
@@ -140,6 +180,11 @@ def make_unroll_targets(
         raise ValueError(f"`lengths_B` and `terminated_B` must have shape ({B},).")
     if B and (lengths_B.min() < 1 or lengths_B.max() > L):
         raise ValueError(f"`lengths_B` must be in [1, L={L}], got range [{lengths_B.min()}, {lengths_B.max()}].")
+    n_per_sample: int | np.ndarray = n
+    if td_steps_B is not None:
+        n_per_sample = np.asarray(td_steps_B, dtype=np.int64)
+        if n_per_sample.shape != (B,) or (B and (n_per_sample.min() < 0 or n_per_sample.max() > n)):
+            raise ValueError(f"`td_steps_B` must have shape ({B},) with entries in [0, td_steps={n}].")
 
     j_L = np.arange(L)
     k_K1 = np.arange(K + 1)
@@ -158,12 +203,9 @@ def make_unroll_targets(
 
     k_1K = k_K1[None, :]
     in_data_BK = k_1K < l_B1  # (B, K+1): position t+k exists
-    full_BK = k_1K + n < l_B1  # the n-step bootstrap position exists
     # End (exclusive) of the reward sum and the bootstrap position, per case (see module docstring).
-    end_BK = np.where(full_BK, k_1K + n, np.where(term_B1, l_B1, l_B1 - 1))
-    end_BK = np.maximum(end_BK, k_1K)  # past the data the sum is empty; masked or absorbing anyway
+    end_BK, has_bootstrap_BK = bootstrap_positions(lengths_B, terminated_B, num_unroll_steps=K, td_steps=n_per_sample)
     reward_sum_BK = np.take_along_axis(prefix_BKL1, end_BK[:, :, None], axis=-1)[:, :, 0]
-    has_bootstrap_BK = full_BK | ~term_B1
     boot_pos_BK = np.minimum(end_BK, L - 1)
     boot_value_BK = np.take_along_axis(values_BL, boot_pos_BK, axis=1)
     boot_discount_BK = np.power(float(discount), end_BK - k_1K)

@@ -162,3 +162,50 @@ def test_tuner_accepts_the_registered_name(ray_session, tmp_path):
     assert not results.errors
     assert results[0].metrics["training_iteration"] == 1
 
+
+
+def test_value_reanalyse_trains_with_a_target_network_that_lags_by_the_interval(ray_session):
+    """reanalyse_value: the learner reads bootstrap values from a target network refreshed every
+    target_update_interval updates; between refreshes it keeps the old weights; a checkpoint restores it."""
+    algo = tiny_config(reanalyse_value=True, target_update_interval=4, off_policy_correction_age=20,
+                       training_intensity=8.0).build_algo()
+    try:
+        policy = algo.get_policy()
+        calls = []
+        original = policy.reanalyse_values
+
+        def spy(obs):
+            calls.append(len(obs))
+            return original(obs)
+
+        policy.reanalyse_values = spy
+        for _ in range(4):
+            algo.train()
+        assert calls, "no reanalysed values were read"
+        updates = policy.num_grad_updates
+        assert updates >= 8
+        target = policy.target_model()
+        assert policy._target_updated_at == updates - updates % 4  # built at update 0, refreshed at 4, 8, ...
+        online = dict(policy.model.named_parameters())
+        lagging = [name for name, p in target.named_parameters() if not torch.equal(p, online[name])]
+        assert bool(lagging) == (updates % 4 != 0), "the target network must lag between refreshes only"
+        # The target's values are what reanalyse returns.
+        obs = np.zeros((3, 4), np.float32)
+        with torch.no_grad():
+            want = policy.to_scalar(target.initial_inference(torch.as_tensor(obs)).value_logits, policy.value_support)
+        np.testing.assert_allclose(original(obs), want)
+        # Refresh: after target_update_interval more updates the target equals the network.
+        state = policy.get_state()
+        assert "target_model" in state["muzero"]
+        policy._target_updated_at = -10**6
+        policy._refresh_target_model()
+        for name, p in target.named_parameters():
+            assert torch.equal(p, online[name]), name
+        # Restoring the saved state brings the old target weights back.
+        policy.set_state(state)
+        restored = dict(policy.target_model().named_parameters())
+        for name, value in state["muzero"]["target_model"].items():
+            if name in restored:
+                assert torch.equal(restored[name], value), name
+    finally:
+        algo.stop()

@@ -25,6 +25,8 @@ CONFIG_VALUES = [
     ("lr_warmup_steps", -1), ("send_weights_frequency", 0), ("weight_sync_frequency", -5),
     ("max_nonfinite_updates_in_a_row", 0), ("replay_window_step", 0), ("replay_window_step", 10**9),
     ("replay_window_step", 2.5), ("no_support", "yes"), ("scalar_loss", "l1"),
+    ("target_update_interval", 0), ("reanalyse_value", "yes"), ("off_policy_correction_age", 0),
+    ("off_policy_correction_age", 2.5),
 ]
 
 

@@ -550,3 +550,77 @@ def test_search_policies_must_be_distributions():
         with pytest.raises(ValueError, match="search_policies"):
             add(buf, 1, ep | {"search_policies": bad})
     assert len(buf) == 0
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Value reanalyse and the off-policy correction (EfficientZero)
+
+
+def _value_of_obs(obs):
+    """A stand-in target network: the value of o_t is 100 + its step index (obs[:, 0])."""
+    return 100.0 + obs[:, 0]
+
+
+@pytest.mark.parametrize("terminated", [True, False])
+def test_value_fn_replaces_exactly_the_bootstrap_values(terminated):
+    T, K, n, gamma = 12, 2, 3, 0.9
+    buf = make_buffer()
+    ep = episode(T, seed=1)
+    buf.add_fragment(5, **ep, terminated=terminated, truncated=not terminated)
+    calls = []
+
+    def value_fn(obs):
+        calls.append(len(obs))
+        return _value_of_obs(obs)
+
+    indices = np.arange(T)
+    batch = buf.build_batch(indices, num_unroll_steps=K, td_steps=n, discount=gamma, rng=np.random.default_rng(0),
+                            value_fn=value_fn)
+    assert len(calls) == 1  # one batched call
+    assert calls[0] == len(np.unique(np.minimum(np.arange(T)[:, None] + np.arange(K + 1) + n, T - 1)))  # distinct
+    u = ep["rewards"].astype(np.float64)
+    for t in range(T):
+        for k in range(K + 1):
+            s = t + k
+            if s >= T:
+                continue
+            if s + n < T:  # the full n-step return, bootstrapped from the reanalysed value of o_{s+n}
+                want = sum(gamma**i * u[s + i] for i in range(n)) + gamma**n * (100.0 + s + n)
+            elif terminated:  # no bootstrap after a termination: value_fn's value must not leak in
+                want = sum(gamma**i * u[s + i] for i in range(T - s))
+            else:  # truncated: bootstrap from the last stored observation, reanalysed
+                m = T - 1 - s
+                want = sum(gamma**i * u[s + i] for i in range(m)) + gamma**m * (100.0 + T - 1)
+            assert batch[TRAIN_TARGET_VALUE][t, k] == pytest.approx(want, rel=1e-5), (t, k)
+
+
+def test_value_fn_of_the_wrong_shape_is_refused():
+    buf = make_buffer()
+    buf.add_fragment(5, **episode(10, seed=1), terminated=True, truncated=False)
+    with pytest.raises(ValueError, match="value_fn"):
+        buf.build_batch(np.arange(3), num_unroll_steps=1, td_steps=2, discount=0.9, rng=np.random.default_rng(0),
+                        value_fn=lambda obs: np.zeros(1))
+
+
+def test_ages_count_the_transitions_stored_after_each_slot():
+    buf = make_buffer(capacity=8)
+    buf.add_fragment(1, **episode(5, seed=1), terminated=True, truncated=False)
+    np.testing.assert_array_equal(buf.ages(np.arange(5)), [4, 3, 2, 1, 0])
+    buf.add_fragment(2, **episode(6, seed=2), terminated=True, truncated=False)  # wraps: slots 5, 6, 7, 0, 1, 2
+    np.testing.assert_array_equal(buf.ages(np.array([2, 1, 0, 7, 6, 5, 4, 3])), np.arange(8))
+
+
+def test_off_policy_correction_shortens_the_horizon_of_old_samples():
+    T, n, gamma = 40, 5, 0.9
+    buf = make_buffer()
+    ep = episode(T, seed=3)
+    ep["root_values"][:] = 0.0  # bootstraps contribute 0: the target is the reward sum alone
+    buf.add_fragment(5, **ep, terminated=True, truncated=False)
+    batch = buf.build_batch(np.arange(T), num_unroll_steps=0, td_steps=n, discount=gamma,
+                            rng=np.random.default_rng(0), td_decay_age=4)
+    u = ep["rewards"].astype(np.float64)
+    for t in range(T - n):
+        age = T - 1 - t
+        horizon = int(np.clip(n - age // 4, 1, n))
+        want = sum(gamma**i * u[t + i] for i in range(horizon))
+        assert batch[TRAIN_TARGET_VALUE][t, 0] == pytest.approx(want, rel=1e-5), t

@@ -241,3 +241,33 @@ def test_bad_arguments(kwargs, match):
             rng=np.random.default_rng(0),
             **args,
         )
+
+
+def test_off_policy_td_steps_follow_efficientzero():
+    from rllib_muzero.targets import off_policy_td_steps
+
+    np.testing.assert_array_equal(off_policy_td_steps(5, np.array([0, 9, 10, 25, 1000]), 10), [5, 5, 4, 3, 1])
+    np.testing.assert_array_equal(off_policy_td_steps(5, np.array([0, 1000]), None), [5, 5])
+
+
+def test_per_sample_td_steps_equal_separate_batches():
+    """A batch with per-sample horizons n_b gives each row the targets of a batch built with td_steps = n_b."""
+    rng = np.random.default_rng(0)
+    K, n, B, A = 2, 4, 6, 3
+    L = chain_length(K, n)
+    rewards = rng.normal(size=(B, L))
+    values = rng.normal(size=(B, L))
+    policies = rng.dirichlet(np.ones(A), size=(B, L))
+    actions = rng.integers(0, A, size=(B, L))
+    lengths = np.array([L, L, 3, 5, L, 1])
+    terminated = np.array([False, True, True, False, False, True])
+    n_B = np.array([1, 2, 4, 3, 4, 1])
+    mixed = make_unroll_targets(rewards, values, policies, actions, lengths, terminated, num_unroll_steps=K,
+                                td_steps=n, discount=0.9, num_actions=A, rng=np.random.default_rng(1), td_steps_B=n_B)
+    for b in range(B):
+        single = make_unroll_targets(rewards[b:b + 1], values[b:b + 1], policies[b:b + 1], actions[b:b + 1],
+                                     np.minimum(lengths[b:b + 1], chain_length(K, n_B[b])), terminated[b:b + 1],
+                                     num_unroll_steps=K, td_steps=int(n_B[b]), discount=0.9, num_actions=A,
+                                     rng=np.random.default_rng(1))
+        np.testing.assert_allclose(mixed[TRAIN_TARGET_VALUE][b], single[TRAIN_TARGET_VALUE][0], rtol=1e-6)
+        np.testing.assert_array_equal(mixed[TRAIN_VALUE_MASK][b], single[TRAIN_VALUE_MASK][0])

@@ -125,6 +125,8 @@ class MuZeroConfig(AlgorithmConfig):
         self.reanalyse_value = False
         self.target_update_interval = 100
         self.off_policy_correction_age: int | None = None
+        self.consistency_loss_weight = 0.0
+        self.consistency_projection_size = 128
         self.momentum = 0.9
         self.weight_decay = 1e-4
 
@@ -188,6 +190,8 @@ class MuZeroConfig(AlgorithmConfig):
         reanalyse_value: bool | None = NotProvided,
         target_update_interval: int | None = NotProvided,
         off_policy_correction_age: int | None = NotProvided,
+        consistency_loss_weight: float | None = NotProvided,
+        consistency_projection_size: int | None = NotProvided,
         send_weights_frequency: int | None = NotProvided,
         weight_sync_frequency: int | None = NotProvided,
         **kwargs: Any,
@@ -258,6 +262,11 @@ class MuZeroConfig(AlgorithmConfig):
                 td_steps)`` steps instead of ``td_steps``: old trajectories come from an older policy, so their
                 rewards say less about the current policy's return than the current (reanalysed) value does. None:
                 off.
+            consistency_loss_weight: Weight of EfficientZero's temporal consistency loss (Ye et al. 2021, 4.1),
+                ``l^c_k = -cos(Q(P(s^k)), sg[P(h(o_{t+k}))])`` at every unroll step k >= 1: the hidden state the
+                dynamics predicts is pulled towards the representation of the observation that really followed
+                (SimSiam projection P and prediction Q heads beside the network). EfficientZero: 2; 0 = off.
+            consistency_projection_size: Width of the consistency heads' projection (their output size).
             send_weights_frequency: Learner updates between weight broadcasts to the env runners.
             weight_sync_frequency: Env steps sampled between weight broadcasts (0: no minimum); both must be met.
         """
@@ -304,6 +313,8 @@ class MuZeroConfig(AlgorithmConfig):
             reanalyse_value=reanalyse_value,
             target_update_interval=target_update_interval,
             off_policy_correction_age=off_policy_correction_age,
+            consistency_loss_weight=consistency_loss_weight,
+            consistency_projection_size=consistency_projection_size,
             send_weights_frequency=send_weights_frequency,
             weight_sync_frequency=weight_sync_frequency,
         ).items():
@@ -334,6 +345,7 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "send_weights_frequency", minimum=1)
         _check_int(self, "weight_sync_frequency", minimum=0)
         _check_int(self, "target_update_interval", minimum=1)
+        _check_int(self, "consistency_projection_size", minimum=4)
         if not isinstance(self.reanalyse_value, bool):
             _fail("reanalyse_value", self.reanalyse_value, "True or False")
         if self.off_policy_correction_age is not None and (
@@ -378,7 +390,7 @@ class MuZeroConfig(AlgorithmConfig):
             if not _is_number(value) or not 0.0 <= value <= 1.0:
                 _fail(name, value, "a number in [0, 1]")
         for name in ("prioritized_replay_alpha", "beta_increment_per_sampling", "weight_decay",
-                     "value_loss_weight", "reward_loss_weight", "policy_loss_weight"):
+                     "value_loss_weight", "reward_loss_weight", "policy_loss_weight", "consistency_loss_weight"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
                 _fail(name, value, "a number >= 0")
@@ -651,6 +663,7 @@ class MuZero(Algorithm):
                 discount=c.gamma, rng=self.replay_rng,
                 value_fn=policy.reanalyse_values if c.reanalyse_value else None,
                 td_decay_age=c.off_policy_correction_age,
+                with_unroll_obs=c.consistency_loss_weight > 0,
             )
         with self._timers[LEARN_ON_BATCH_TIMER]:
             out = policy.learn_on_replay_batch(train_batch)

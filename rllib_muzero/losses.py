@@ -21,6 +21,9 @@ and every step is matched with its targets (paper eq. (1)):
   ``0.5 (y - x)^2`` within 1, ``|y - x| - 0.5`` beyond). The target transform applies as for the categorical heads,
   so the network's scalar lives in the same ``h`` scale the search inverts.
 - ``l^p``: cross-entropy between the search's visit distribution ``pi`` and the predicted policy.
+- Optional, EfficientZero (Ye et al. 2021): the temporal consistency loss ``l^c_k = -cos(Q(P(s^k)),
+  sg[P(h(o_{t+k}))])`` at every recurrent step ``k >= 1`` (:mod:`rllib_muzero.consistency`), weighted by
+  ``consistency_loss_weight`` inside the step's loss (so it shares the ``1/K`` gradient scaling).
 - No reward is predicted at ``k = 0``, so ``l^r`` starts at ``k = 1`` (pseudocode: the initial reward is the constant 0,
   whose loss has no gradient).
 - The L2 term ``c ||theta||^2`` is not part of this function: use the optimizer's ``weight_decay`` (with plain
@@ -78,9 +81,12 @@ from rllib_muzero.columns import (
     TRAIN_TARGET_POLICY,
     TRAIN_TARGET_REWARD,
     TRAIN_TARGET_VALUE,
+    TRAIN_UNROLL_OBS,
+    TRAIN_UNROLL_OBS_MASK,
     TRAIN_VALUE_MASK,
     TRAIN_WEIGHTS,
 )
+from rllib_muzero.consistency import ConsistencyHeads, unroll_target_hidden
 from rllib_muzero.support import DiscreteSupport, h, h_inverse, scalar_to_two_hot, support_to_scalar
 
 __all__ = ["HIDDEN_STATE_GRADIENT_SCALE", "SCALAR_LOSSES", "LossOutput", "muzero_loss", "scale_gradient"]
@@ -124,6 +130,7 @@ class LossOutput:
         value_loss: Detached scalar, ``mean_b sum_k mask * l^v`` (no IS weights, no loss weight).
         reward_loss: Detached scalar, ``mean_b sum_{k>=1} mask * l^r`` (no IS weights, no loss weight).
         policy_loss: Detached scalar, ``mean_b sum_k mask * l^p`` (no IS weights, no loss weight).
+        consistency_loss: Detached scalar, ``mean_b sum_{k>=1} mask * l^c`` (0 when the consistency loss is off).
         priorities: ``(B,)`` detached, ``|v^0_t - z_t|`` in the raw value scale, for the replay's priority update
             (computed whatever the value mask; a masked ``z_t`` counts as 0).
         predicted_value: ``(B,)`` detached, ``v^0_t`` in the raw value scale.
@@ -135,6 +142,7 @@ class LossOutput:
     value_loss: Tensor
     reward_loss: Tensor
     policy_loss: Tensor
+    consistency_loss: Tensor
     priorities: Tensor
     predicted_value: Tensor
     target_value: Tensor
@@ -147,6 +155,7 @@ class LossOutput:
             "value_loss": float(self.value_loss),
             "reward_loss": float(self.reward_loss),
             "policy_loss": float(self.policy_loss),
+            "consistency_loss": float(self.consistency_loss),
             "mean_predicted_value": float(self.predicted_value.mean()),
             "mean_target_value": float(self.target_value.mean()),
             "mean_priority": float(self.priorities.mean()),
@@ -215,6 +224,8 @@ def muzero_loss(
     value_loss_weight: float = 1.0,
     reward_loss_weight: float = 1.0,
     policy_loss_weight: float = 1.0,
+    consistency_heads: ConsistencyHeads | None = None,
+    consistency_loss_weight: float = 0.0,
 ) -> LossOutput:
     """MuZero's training loss (paper eq. (1)) on a batch of K-step unrolls; see the module docstring.
 
@@ -232,6 +243,9 @@ def muzero_loss(
         value_loss_weight: Multiplies ``l^v`` (1.0 = eq. (1); the paper uses 0.25 with Reanalyse).
         reward_loss_weight: Multiplies ``l^r``.
         policy_loss_weight: Multiplies ``l^p``.
+        consistency_heads: EfficientZero's projection / prediction heads; with them (and a positive
+            ``consistency_loss_weight``) the batch must also hold ``TRAIN_UNROLL_OBS`` and ``TRAIN_UNROLL_OBS_MASK``.
+        consistency_loss_weight: Multiplies ``l^c`` (EfficientZero: 2).
 
     Returns:
         A :class:`LossOutput`.
@@ -240,6 +254,7 @@ def muzero_loss(
         ("value_loss_weight", value_loss_weight),
         ("reward_loss_weight", reward_loss_weight),
         ("policy_loss_weight", policy_loss_weight),
+        ("consistency_loss_weight", consistency_loss_weight),
     ):
         if not weight >= 0.0:
             raise ValueError(f"`{arg}` must be >= 0, got {weight!r}")
@@ -282,6 +297,15 @@ def muzero_loss(
     value_0 = out.value_logits.detach()
     policy_logits_0 = out.policy_logits.detach()
 
+    consistent = consistency_heads is not None and consistency_loss_weight > 0.0
+    consistency_loss = torch.zeros_like(value_loss)
+    if consistent:
+        if TRAIN_UNROLL_OBS not in batch or TRAIN_UNROLL_OBS_MASK not in batch:
+            raise ValueError(f"muzero_loss: the consistency loss needs `{TRAIN_UNROLL_OBS}` and "
+                             f"`{TRAIN_UNROLL_OBS_MASK}` in the batch (replay sample with with_unroll_obs=True)")
+        target_hidden = unroll_target_hidden(model, batch[TRAIN_UNROLL_OBS])  # (B, K, *H), no gradient
+        unroll_mask = batch[TRAIN_UNROLL_OBS_MASK].float()  # (B, K)
+
     # k = 1..K: from the previous hidden state and the action taken.
     hidden = out.hidden
     for k in range(1, K + 1):
@@ -293,6 +317,10 @@ def muzero_loss(
         reward_loss_k = reward_head_loss(out.reward_logits, k) * reward_mask[:, k]
         policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, k]) * policy_mask[:, k]
         l_k = value_loss_weight * value_loss_k + reward_loss_weight * reward_loss_k + policy_loss_weight * policy_loss_k
+        if consistent:  # EfficientZero: -cos(Q(P(s^k)), sg[P(h(o_{t+k}))])
+            consistency_loss_k = consistency_heads.loss(hidden, target_hidden[:, k - 1]) * unroll_mask[:, k - 1]
+            l_k = l_k + consistency_loss_weight * consistency_loss_k
+            consistency_loss = consistency_loss + consistency_loss_k.detach()
         loss = loss + scale_gradient(l_k, 1.0 / K)  # pseudocode: gradient_scale = 1 / len(actions)
 
         value_loss = value_loss + value_loss_k.detach()
@@ -316,6 +344,7 @@ def muzero_loss(
         value_loss=value_loss.mean(),
         reward_loss=reward_loss.mean(),
         policy_loss=policy_loss.mean(),
+        consistency_loss=consistency_loss.mean(),
         priorities=priorities,
         predicted_value=predicted_value,
         target_value=target_value_0,

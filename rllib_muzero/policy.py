@@ -24,6 +24,7 @@ from ray.rllib.utils.typing import AlgorithmConfigDict, TensorType
 
 from rllib_muzero import columns
 from rllib_muzero.acting import make_supports, search_with_model, to_scalar
+from rllib_muzero.consistency import ConsistencyHeads
 from rllib_muzero.losses import LossOutput, muzero_loss
 from rllib_muzero.mcts import SearchOutput, SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2, check_muzero_model
@@ -100,6 +101,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             observation_space, config.get("action_mask_key", "action_mask"), int(action_space.n))
         super().__init__(observation_space, action_space, config, max_seq_len=1)
         check_muzero_model(self.model, self.model_observation_space, action_space)
+        if self.consistency_heads is not None:  # RLlib's optimizer bookkeeping only knows the network's parameters
+            self._optimizers[0].add_param_group({"params": list(self.consistency_heads.parameters())})
         num_actions = int(action_space.n)
         self.view_requirements[columns.SEARCH_ROOT_VALUE] = ViewRequirement(
             space=gym.spaces.Box(-np.inf, np.inf, (), np.float32), used_for_compute_actions=False)
@@ -132,6 +135,29 @@ class MuZeroTorchPolicy(TorchPolicyV2):
 
     # ------------------------------------------------------------------ building
     def make_model(self) -> MuZeroModelV2:
+        """The MuZero network; with ``consistency_loss_weight > 0`` also EfficientZero's projection / prediction
+        heads (``self.consistency_heads``, beside the network: acting, weight sync and serving never see them)."""
+        model = self._make_network()
+        self.consistency_heads: ConsistencyHeads | None = None
+        if float(self.config.get("consistency_loss_weight", 0.0)) > 0.0:
+            dummy = torch.zeros((2, *self.model_observation_space.shape),
+                                dtype=torch.as_tensor(self.model_observation_space.sample()).dtype)
+            training = model.training
+            model.eval()  # no BatchNorm statistics from the dummy batch
+            with torch.no_grad():
+                hidden_shape = tuple(model.representation(dummy).shape[1:])
+            model.train(training)
+            self.consistency_heads = ConsistencyHeads(hidden_shape, int(self.config["consistency_projection_size"]))
+        return model
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        """Everything the optimizer updates: the network, plus the consistency heads when they exist."""
+        params = list(self.model.parameters())
+        if self.consistency_heads is not None:
+            params += list(self.consistency_heads.parameters())
+        return params
+
+    def _make_network(self) -> MuZeroModelV2:
         return ModelCatalog.get_model_v2(
             obs_space=self.model_observation_space,
             action_space=self.action_space,
@@ -286,6 +312,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             value_loss_weight=float(self.config["value_loss_weight"]),
             reward_loss_weight=float(self.config["reward_loss_weight"]),
             policy_loss_weight=float(self.config["policy_loss_weight"]),
+            consistency_heads=self.consistency_heads,
+            consistency_loss_weight=float(self.config["consistency_loss_weight"]),
         )
         model.tower_stats["muzero_loss_output"] = out
         return out.total
@@ -315,6 +343,12 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         skip = (columns.TRAIN_INDICES, columns.TRAIN_GENERATIONS)
         tensors = {k: torch.as_tensor(v, device=self.device) for k, v in batch.items() if k not in skip}
         tensors[columns.TRAIN_OBS] = self.split_observations(tensors[columns.TRAIN_OBS])[0]
+        if columns.TRAIN_UNROLL_OBS in tensors:  # (B, K, *flat obs): split as one (B * K) batch
+            unroll = tensors[columns.TRAIN_UNROLL_OBS]
+            model_obs = self.split_observations(unroll.reshape(-1, *unroll.shape[2:]))[0]
+            tensors[columns.TRAIN_UNROLL_OBS] = model_obs.reshape(*unroll.shape[:2], *model_obs.shape[1:])
+        if self.consistency_heads is not None:
+            self.consistency_heads.to(self.device).train()
         optimizer = self._optimizers[0]
         for group in optimizer.param_groups:
             group["lr"] = self.current_lr()
@@ -323,7 +357,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         out: LossOutput = self.model.tower_stats["muzero_loss_output"]
         total.backward()
         clip = self.config["grad_clip"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip if clip else math.inf)
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), clip if clip else math.inf)
         priorities = out.priorities.detach()
         # A NaN/inf anywhere (loss, gradient, or the new priorities, e.g. from an inf target that the support clamps)
         # skips the step: nothing non-finite reaches the weights or the replay's sum tree.
@@ -341,6 +375,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             "value_loss": float(out.value_loss),
             "reward_loss": float(out.reward_loss),
             "policy_loss": float(out.policy_loss),
+            "consistency_loss": float(out.consistency_loss),
             "grad_gnorm": float(grad_norm),
             "cur_lr": float(optimizer.param_groups[0]["lr"]),
             "num_nonfinite_updates": self.num_nonfinite_updates,
@@ -360,6 +395,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             "rng_state": self.rng.bit_generator.state,
             "worker_index": int(self.config.get("worker_index", 0)),
         }
+        if self.consistency_heads is not None:
+            state["muzero"]["consistency_heads"] = {k: v.cpu() for k, v in self.consistency_heads.state_dict().items()}
         if self._target_model is not None:  # learner side only: exact resume of the reanalysed targets
             state["muzero"]["target_model"] = {k: v.cpu() for k, v in self._target_model.state_dict().items()}
             state["muzero"]["target_updated_at"] = self._target_updated_at
@@ -375,6 +412,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             # state takes it, so runners never end up sharing one noise stream.
             if extra.get("worker_index") == int(self.config.get("worker_index", 0)):
                 self.rng.bit_generator.state = extra["rng_state"]
+            if "consistency_heads" in extra and self.consistency_heads is not None:
+                self.consistency_heads.load_state_dict(extra["consistency_heads"])
             if "target_model" in extra and int(self.config.get("worker_index", 0)) == 0:  # the learner's policy
                 self.target_model().load_state_dict(extra["target_model"])
                 self._target_updated_at = extra["target_updated_at"]

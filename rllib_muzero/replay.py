@@ -73,7 +73,14 @@ from typing import Any
 
 import numpy as np
 
-from rllib_muzero.columns import TRAIN_GENERATIONS, TRAIN_INDICES, TRAIN_OBS, TRAIN_WEIGHTS
+from rllib_muzero.columns import (
+    TRAIN_GENERATIONS,
+    TRAIN_INDICES,
+    TRAIN_OBS,
+    TRAIN_UNROLL_OBS,
+    TRAIN_UNROLL_OBS_MASK,
+    TRAIN_WEIGHTS,
+)
 from rllib_muzero.targets import bootstrap_positions, chain_length, make_unroll_targets, off_policy_td_steps
 
 # (M, *obs_shape) stored observations -> (M,) values: reanalyses the bootstrap values of a batch (a target network).
@@ -490,13 +497,14 @@ class SequenceReplayBuffer:
         rng: np.random.Generator,
         value_fn: ValueFn | None = None,
         td_decay_age: int | None = None,
+        with_unroll_obs: bool = False,
     ) -> dict[str, np.ndarray]:
         """Draw ``batch_size`` positions by stratified proportional sampling and build their unroll targets.
 
         Returns the keys of :meth:`build_batch` plus ``TRAIN_WEIGHTS`` ``(B,)`` float32, the importance-sampling
         weights ``(N P(i))^-beta / max`` with the beta in force before this call; then beta is annealed.
         ``rng`` is consumed for the stratified draws, then for the random actions past episode ends.
-        ``value_fn`` and ``td_decay_age``: see :meth:`build_batch`.
+        ``value_fn``, ``td_decay_age`` and ``with_unroll_obs``: see :meth:`build_batch`.
         """
         if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}.")
@@ -510,7 +518,7 @@ class SequenceReplayBuffer:
         weights_B /= weights_B.max()
         batch = self.build_batch(
             indices_B, num_unroll_steps=num_unroll_steps, td_steps=td_steps, discount=discount, rng=rng,
-            value_fn=value_fn, td_decay_age=td_decay_age,
+            value_fn=value_fn, td_decay_age=td_decay_age, with_unroll_obs=with_unroll_obs,
         )
         batch[TRAIN_WEIGHTS] = weights_B.astype(np.float32)
         self.beta = min(1.0, self.beta + self.beta_increment_per_sampling)
@@ -526,6 +534,7 @@ class SequenceReplayBuffer:
         rng: np.random.Generator,
         value_fn: ValueFn | None = None,
         td_decay_age: int | None = None,
+        with_unroll_obs: bool = False,
     ) -> dict[str, np.ndarray]:
         """Training batch (without weights) for the given stored slots, each the start position ``t`` of an unroll.
 
@@ -541,6 +550,9 @@ class SequenceReplayBuffer:
             td_decay_age: EfficientZero's off-policy correction: sample ``i`` bootstraps after
                 ``n_i = clip(td_steps - floor(age_i / td_decay_age), 1, td_steps)`` steps, ``age_i`` =
                 :meth:`ages` (transitions stored after it). None: ``td_steps`` for every sample.
+            with_unroll_obs: also return ``TRAIN_UNROLL_OBS`` ``(B, K, *obs_shape)``, the observations
+                ``o_{t+1} .. o_{t+K}`` (the consistency loss's targets), and ``TRAIN_UNROLL_OBS_MASK`` ``(B, K)``,
+                1 where ``o_{t+k}`` is stored (past the data the last stored observation is repeated, masked).
         """
         indices_B = np.asarray(indices, dtype=np.int64)
         if indices_B.ndim != 1:
@@ -591,6 +603,10 @@ class SequenceReplayBuffer:
             td_steps_B=td_steps_B,
         )
         batch[TRAIN_OBS] = self._obs[indices_B]
+        if with_unroll_obs:
+            K = num_unroll_steps
+            batch[TRAIN_UNROLL_OBS] = self._obs[chain_BL[:, 1:K + 1]]
+            batch[TRAIN_UNROLL_OBS_MASK] = (np.arange(1, K + 1)[None, :] < lengths_B[:, None]).astype(np.float32)
         batch[TRAIN_INDICES] = indices_B
         batch[TRAIN_GENERATIONS] = self._generation[indices_B].astype(np.int64)
         return batch

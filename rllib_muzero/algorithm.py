@@ -47,6 +47,7 @@ from rllib_muzero.mcts import UNVISITED_VALUE_MODES
 from rllib_muzero.metrics import parameter_histograms, search_statistics
 from rllib_muzero.models import DEFAULT_MODEL_NAME
 from rllib_muzero.policy import MuZeroTorchPolicy
+from rllib_muzero.reanalyse import reanalyse_policy_targets
 from rllib_muzero.replay import SequenceReplayBuffer
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
@@ -125,6 +126,7 @@ class MuZeroConfig(AlgorithmConfig):
         self.reanalyse_value = False
         self.target_update_interval = 100
         self.off_policy_correction_age: int | None = None
+        self.reanalyse_policy_fraction = 0.0
         self.consistency_loss_weight = 0.0
         self.consistency_projection_size = 128
         self.momentum = 0.9
@@ -190,6 +192,7 @@ class MuZeroConfig(AlgorithmConfig):
         reanalyse_value: bool | None = NotProvided,
         target_update_interval: int | None = NotProvided,
         off_policy_correction_age: int | None = NotProvided,
+        reanalyse_policy_fraction: float | None = NotProvided,
         consistency_loss_weight: float | None = NotProvided,
         consistency_projection_size: int | None = NotProvided,
         send_weights_frequency: int | None = NotProvided,
@@ -262,6 +265,11 @@ class MuZeroConfig(AlgorithmConfig):
                 td_steps)`` steps instead of ``td_steps``: old trajectories come from an older policy, so their
                 rewards say less about the current policy's return than the current (reanalysed) value does. None:
                 off.
+            reanalyse_policy_fraction: Policy reanalyse (paper Appendix H: 0.8 of the batch; EfficientZero: all of
+                it): for this share of each batch's rows the policy targets ``pi_{t+k}`` come from a fresh batched
+                search (root noise as when acting) with the target network from the stored observations, instead of
+                the visit counts recorded when the move was played. The costly part of Reanalyse: one search of
+                ``fraction * B * (K + 1)`` roots per learner update. 0 = off.
             consistency_loss_weight: Weight of EfficientZero's temporal consistency loss (Ye et al. 2021, 4.1),
                 ``l^c_k = -cos(Q(P(s^k)), sg[P(h(o_{t+k}))])`` at every unroll step k >= 1: the hidden state the
                 dynamics predicts is pulled towards the representation of the observation that really followed
@@ -313,6 +321,7 @@ class MuZeroConfig(AlgorithmConfig):
             reanalyse_value=reanalyse_value,
             target_update_interval=target_update_interval,
             off_policy_correction_age=off_policy_correction_age,
+            reanalyse_policy_fraction=reanalyse_policy_fraction,
             consistency_loss_weight=consistency_loss_weight,
             consistency_projection_size=consistency_projection_size,
             send_weights_frequency=send_weights_frequency,
@@ -385,7 +394,7 @@ class MuZeroConfig(AlgorithmConfig):
         for name in ("pb_c_base", "pb_c_init", "root_dirichlet_alpha", "prioritized_replay_eps"):
             if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
                 _fail(name, getattr(self, name), "a positive number")
-        for name in ("root_exploration_fraction", "prioritized_replay_beta", "momentum"):
+        for name in ("root_exploration_fraction", "prioritized_replay_beta", "momentum", "reanalyse_policy_fraction"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:
                 _fail(name, value, "a number in [0, 1]")
@@ -663,8 +672,12 @@ class MuZero(Algorithm):
                 discount=c.gamma, rng=self.replay_rng,
                 value_fn=policy.reanalyse_values if c.reanalyse_value else None,
                 td_decay_age=c.off_policy_correction_age,
-                with_unroll_obs=c.consistency_loss_weight > 0,
+                with_unroll_obs=c.consistency_loss_weight > 0 or c.reanalyse_policy_fraction > 0,
             )
+        if c.reanalyse_policy_fraction > 0:
+            with self._timers["reanalyse_policy"]:
+                reanalyse_policy_targets(train_batch, policy.reanalyse_policies, c.reanalyse_policy_fraction,
+                                         self.replay_rng)
         with self._timers[LEARN_ON_BATCH_TIMER]:
             out = policy.learn_on_replay_batch(train_batch)
         if out["finite"]:

@@ -85,6 +85,13 @@ def select_actions(visit_counts: np.ndarray, temperature: float, rng: np.random.
     return np.minimum((cumulative <= draws).sum(axis=1), counts.shape[1] - 1).astype(np.int64)
 
 
+def policy_targets(result: SearchOutput) -> np.ndarray:
+    """The policy target of each searched root, ``(B, A)`` float32: the normalised root visit counts
+    ``pi = N(s, a) / sum_b N(s, b)`` (paper Appendix B)."""
+    counts = result.visit_counts.astype(np.float32)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+
+
 class MuZeroTorchPolicy(TorchPolicyV2):
     """Old-stack RLlib policy whose action computation runs MuZero's search over the whole observation batch.
 
@@ -132,6 +139,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self.last_search: SearchOutput | None = None
         self._target_model: MuZeroModelV2 | None = None  # built by the learner on first use (target_model())
         self._target_updated_at = 0  # num_grad_updates when the target network was last refreshed
+        self._reanalyse_rng: np.random.Generator | None = None  # root noise of policy reanalyse, made on first use
 
     # ------------------------------------------------------------------ building
     def make_model(self) -> MuZeroModelV2:
@@ -210,15 +218,17 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         return to_scalar(logits, support, bool(self.config["use_target_transform"]))
 
     def search(self, obs: np.ndarray, *, explore: bool, num_simulations: int | None = None,
-               rng: np.random.Generator | None = None) -> SearchOutput:
+               rng: np.random.Generator | None = None, model: MuZeroModelV2 | None = None) -> SearchOutput:
         """Runs one batched search from the observations ``obs`` [B, *obs_shape] (paper Appendix B).
 
-        ``rng`` supplies the root noise when exploring (default: this policy's own generator).
+        ``rng`` supplies the root noise when exploring (default: this policy's own generator); ``model`` searches
+        with another network of the same architecture (the target network, for reanalyse).
         """
-        self.model.eval()
+        model = self.model if model is None else model
+        model.eval()
         obs_t, invalid_actions = self.split_observations(torch.as_tensor(np.asarray(obs), device=self.device))
         return search_with_model(
-            self.model, obs_t, self.config,
+            model, obs_t, self.config,
             value_support=self.value_support, reward_support=self.reward_support,
             use_target_transform=bool(self.config["use_target_transform"]),
             explore=explore, rng=self.rng if rng is None else rng, invalid_actions=invalid_actions,
@@ -241,8 +251,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self.last_search = result
         temperature = self.current_temperature() if explore else 0.0
         actions = select_actions(result.visit_counts, temperature, self.rng)
-        counts = result.visit_counts.astype(np.float32)
-        policy = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+        policy = policy_targets(result)
         visited = result.visit_counts > 0
         q_max = np.where(visited, result.q_values, -np.inf).max(axis=1).astype(np.float32)
         self.global_timestep += len(actions)
@@ -298,6 +307,17 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         obs_t = self.split_observations(torch.as_tensor(np.asarray(obs), device=self.device))[0]
         out = model.initial_inference(obs_t)
         return self.to_scalar(out.value_logits, self.value_support)
+
+    def reanalyse_policies(self, obs: np.ndarray) -> np.ndarray:
+        """Policy reanalyse: ``(M, *obs) -> (M, A)`` fresh policy targets from one batched search with the target
+        network, root noise as when acting (EfficientZero), from a generator of its own (the acting noise stream is
+        untouched); the ``search_fn`` of :func:`~rllib_muzero.reanalyse.reanalyse_policy_targets`."""
+        if self._reanalyse_rng is None:
+            seed = self.config.get("seed")
+            entropy = [int(seed), int(self.config.get("worker_index", 0)), 7] if seed is not None else None
+            self._reanalyse_rng = np.random.default_rng(np.random.SeedSequence(entropy))
+        result = self.search(obs, explore=True, rng=self._reanalyse_rng, model=self.target_model())
+        return policy_targets(result)
 
     # ------------------------------------------------------------------ learning
     def loss(self, model: MuZeroModelV2, dist_class: Any, train_batch: dict[str, torch.Tensor]) -> torch.Tensor:

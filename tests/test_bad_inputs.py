@@ -27,6 +27,7 @@ CONFIG_VALUES = [
     ("replay_window_step", 2.5), ("no_support", "yes"), ("scalar_loss", "l1"),
     ("target_update_interval", 0), ("reanalyse_value", "yes"), ("off_policy_correction_age", 0),
     ("off_policy_correction_age", 2.5), ("consistency_loss_weight", -1.0), ("consistency_projection_size", 2),
+    ("reanalyse_policy_fraction", 1.5), ("reanalyse_policy_fraction", -0.1),
 ]
 
 

@@ -13,13 +13,72 @@ from typing import Any
 import numpy as np
 import torch
 
+from rllib_muzero.gumbel import GumbelSearchOutput, gumbel_muzero_search
 from rllib_muzero.mcts import RecurrentFn, RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
 from rllib_muzero.numpy_inference import NumpyMLPInference, readout
 from rllib_muzero.support import DiscreteSupport, support_to_scalar_numpy
 
 # The config keys the search reads (MuZeroConfig names).
 SEARCH_KEYS = ("num_simulations", "gamma", "pb_c_init", "pb_c_base", "unvisited_value", "root_counts_as_visit",
-               "root_dirichlet_alpha", "root_exploration_fraction")
+               "root_dirichlet_alpha", "root_exploration_fraction", "search_algorithm", "max_num_considered_actions",
+               "gumbel_scale", "c_visit", "c_scale")
+SEARCH_ALGORITHMS = ("muzero", "gumbel")  # accepted values of `search_algorithm`
+# Defaults of the keys a config saved before they existed lacks (serving files, old checkpoints): the pUCT search.
+SEARCH_DEFAULTS = {"search_algorithm": "muzero", "max_num_considered_actions": 16, "gumbel_scale": 1.0,
+                   "c_visit": 50.0, "c_scale": 0.1}
+
+AnySearchOutput = SearchOutput | GumbelSearchOutput
+
+
+def search_actions(result: AnySearchOutput, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """The actions ``[B]`` int64 to play after a search.
+
+    pUCT (:class:`~rllib_muzero.mcts.SearchOutput`): sampled from the visit counts at ``temperature``,
+    ``N(s, a)^(1/T)`` normalised (paper Appendix D); ``T = 0`` is the most visited action (lowest index on ties).
+    Gumbel (:class:`~rllib_muzero.gumbel.GumbelSearchOutput`): the search's own ``action`` (Danihelka et al. 2022,
+    Algorithm 2): exploration comes from the Gumbel noise of a search run with ``explore=True``, so ``temperature``
+    is not used, and a search without noise gives the greedy action.
+    """
+    if isinstance(result, GumbelSearchOutput):
+        return result.action.astype(np.int64, copy=True)
+    return sample_from_visits(result.visit_counts, temperature, rng)
+
+
+def policy_targets(result: AnySearchOutput) -> np.ndarray:
+    """The policy target of each searched root, ``(B, A)`` float32.
+
+    pUCT: the normalised root visit counts ``pi = N(s, a) / sum_b N(s, b)`` (paper Appendix B). Gumbel: the improved
+    policy ``pi' = softmax(logits + sigma(completed_q))`` (Danihelka et al. 2022, eq. 11), which improves on the prior
+    even when few actions were visited.
+    """
+    if isinstance(result, GumbelSearchOutput):
+        return result.action_weights.astype(np.float32, copy=True)
+    counts = result.visit_counts.astype(np.float32)
+    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+
+
+def sample_from_visits(visit_counts: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
+    """Samples a_t ~ N(s, a)^(1/T) / sum_b N(s, b)^(1/T) (paper Appendix D); T == 0 is argmax (lowest index on ties).
+
+    Args:
+        visit_counts: [B, A] root visit counts (or any non-negative weights).
+        temperature: T >= 0.
+        rng: consumed only when T > 0.
+    Returns:
+        [B] int64 actions.
+    """
+    if temperature == 0.0:
+        return np.argmax(visit_counts, axis=1).astype(np.int64)
+    counts = visit_counts.astype(np.float64)
+    # N^(1/T) computed in log space so small T does not overflow; unvisited actions keep probability 0.
+    with np.errstate(divide="ignore"):
+        logits = np.log(counts) / temperature
+    logits -= logits.max(axis=1, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=1, keepdims=True)
+    cumulative = probs.cumsum(axis=1)
+    draws = rng.random(len(counts))[:, None] * cumulative[:, -1:]
+    return np.minimum((cumulative <= draws).sum(axis=1), counts.shape[1] - 1).astype(np.int64)
 
 
 def make_supports(config: Mapping[str, Any]) -> tuple[DiscreteSupport | None, DiscreteSupport | None]:
@@ -127,7 +186,7 @@ def search_with_model(
     workspace: SearchWorkspace | None = None,
     num_simulations: int | None = None,
     numpy_inference: bool = True,
-) -> SearchOutput:
+) -> AnySearchOutput:
     """One batched search from the model observations ``obs`` [B, *obs_shape] (already on the model's device).
 
     On the CPU, a network that offers a numpy engine (``model.numpy_inference()``, e.g. the built-in ``muzero_fc``) is
@@ -139,7 +198,7 @@ def search_with_model(
         model: anything with ``initial_inference(obs)`` / ``recurrent_inference(hidden, action)`` returning
             :class:`~rllib_muzero.models.NetworkOutput` (the :class:`~rllib_muzero.models.MuZeroModelV2` interface).
         config: the search's hyperparameters under :data:`SEARCH_KEYS` (MuZeroConfig names).
-        explore: add Dirichlet noise at the root (drawn from ``rng``).
+        explore: add root noise (drawn from ``rng``): Dirichlet noise on the prior (pUCT), Gumbel noise (Gumbel).
         invalid_actions: [B, A] bool, True where a root action is illegal.
         num_simulations: overrides ``config["num_simulations"]``.
         numpy_inference: ``False`` searches through torch even when a numpy engine is offered.
@@ -161,7 +220,25 @@ def search_with_model(
 
 def _search(root: RootOutput, recurrent_fn: RecurrentFn, config: Mapping[str, Any], explore: bool,
             rng: np.random.Generator | None, invalid_actions: np.ndarray | None, workspace: SearchWorkspace | None,
-            num_simulations: int | None) -> SearchOutput:
+            num_simulations: int | None) -> AnySearchOutput:
+    algorithm = config.get("search_algorithm", SEARCH_DEFAULTS["search_algorithm"])
+    if algorithm == "gumbel":
+        return gumbel_muzero_search(
+            root,
+            recurrent_fn,
+            num_simulations=int(num_simulations or config["num_simulations"]),
+            discount=float(config["gamma"]),
+            max_num_considered_actions=int(config.get("max_num_considered_actions", 16)),
+            gumbel_scale=float(config.get("gumbel_scale", 1.0)),
+            c_visit=float(config.get("c_visit", 50.0)),
+            c_scale=float(config.get("c_scale", 0.1)),
+            add_gumbel_noise=explore,
+            rng=rng,
+            invalid_actions=invalid_actions,
+            workspace=workspace,
+        )
+    if algorithm != "muzero":
+        raise ValueError(f"`search_algorithm` must be one of {list(SEARCH_ALGORITHMS)}, got {algorithm!r}")
     return muzero_search(
         root,
         recurrent_fn,

@@ -10,6 +10,7 @@ where RLlib already has a field for a concept (``gamma``, ``lr``, ``grad_clip``,
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import pathlib
 import shutil
@@ -41,6 +42,7 @@ from ray.rllib.utils.metrics import (
 from ray.rllib.utils.typing import PolicyID
 
 from rllib_muzero import columns
+from rllib_muzero.acting import SEARCH_ALGORITHMS
 from rllib_muzero.envs import make_env_creator, validate_env_options
 from rllib_muzero.losses import SCALAR_LOSSES
 from rllib_muzero.mcts import UNVISITED_VALUE_MODES
@@ -102,6 +104,12 @@ class MuZeroConfig(AlgorithmConfig):
         self.root_exploration_fraction = 0.25
         self.unvisited_value = "zero"
         self.root_counts_as_visit = True
+        # Gumbel MuZero (Danihelka et al. 2022): search_algorithm="gumbel"
+        self.search_algorithm = "muzero"
+        self.max_num_considered_actions = 16
+        self.gumbel_scale = 1.0
+        self.c_visit = 50.0
+        self.c_scale = 0.1
         self.visit_softmax_temperatures: list[float] = [1.0, 0.5, 0.25]
         self.visit_softmax_steps: list[int] = [15_000, 30_000]
         self.fixed_temperatures: list[float] | None = None
@@ -152,6 +160,11 @@ class MuZeroConfig(AlgorithmConfig):
         self,
         *,
         num_simulations: int | None = NotProvided,
+        search_algorithm: str | None = NotProvided,
+        max_num_considered_actions: int | None = NotProvided,
+        gumbel_scale: float | None = NotProvided,
+        c_visit: float | None = NotProvided,
+        c_scale: float | None = NotProvided,
         num_unroll_steps: int | None = NotProvided,
         td_steps: int | None = NotProvided,
         pb_c_base: float | None = NotProvided,
@@ -203,6 +216,17 @@ class MuZeroConfig(AlgorithmConfig):
 
         Args:
             num_simulations: MCTS simulations per move; one batched network call each (paper: 50 for Atari).
+            search_algorithm: "muzero" (pUCT with Dirichlet root noise, paper Appendix B) or "gumbel" (Gumbel MuZero,
+                Danihelka et al. 2022: Gumbel-top-k sampling of ``max_num_considered_actions`` root actions and
+                Sequential Halving over ``g + logits + sigma(q)``; it improves the policy even with 2-16
+                simulations). With "gumbel" the policy target is the improved policy ``softmax(logits +
+                sigma(completed_q))``, acting explores through the Gumbel noise (no Dirichlet noise, no visit
+                temperature) and ``explore=False`` acts greedily without noise.
+            max_num_considered_actions: Gumbel: m, the root actions sampled without replacement by Gumbel-top-k
+                (paper: 16; all legal actions when fewer).
+            gumbel_scale: Gumbel: scale of the Gumbel noise g when exploring (1 = the paper's sampling).
+            c_visit: Gumbel: c_visit of ``sigma(q) = (c_visit + max_b N(b)) * c_scale * q`` (paper: 50).
+            c_scale: Gumbel: c_scale of sigma (paper: 1.0 for Go, 0.1 in mctx's default).
             num_unroll_steps: K, steps the dynamics function is unrolled in training (paper: 5).
             td_steps: n of the n-step value target z_t (paper: 10 for Atari).
             pb_c_base: c2 of the pUCT rule (paper: 19652).
@@ -281,6 +305,11 @@ class MuZeroConfig(AlgorithmConfig):
         super().training(**kwargs)
         for name, value in dict(
             num_simulations=num_simulations,
+            search_algorithm=search_algorithm,
+            max_num_considered_actions=max_num_considered_actions,
+            gumbel_scale=gumbel_scale,
+            c_visit=c_visit,
+            c_scale=c_scale,
             num_unroll_steps=num_unroll_steps,
             td_steps=td_steps,
             pb_c_base=pb_c_base,
@@ -354,6 +383,13 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "send_weights_frequency", minimum=1)
         _check_int(self, "weight_sync_frequency", minimum=0)
         _check_int(self, "target_update_interval", minimum=1)
+        if self.search_algorithm not in SEARCH_ALGORITHMS:
+            _fail("search_algorithm", self.search_algorithm, f"one of {list(SEARCH_ALGORITHMS)}")
+        _check_int(self, "max_num_considered_actions", minimum=1)
+        for name in ("gumbel_scale", "c_visit", "c_scale"):
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value < 0:
+                _fail(name, value, "a finite number >= 0")
         _check_int(self, "consistency_projection_size", minimum=4)
         if not isinstance(self.reanalyse_value, bool):
             _fail("reanalyse_value", self.reanalyse_value, "True or False")

@@ -45,6 +45,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
+from rllib_muzero.acting import search_actions
 from rllib_muzero.mcts import ROOT_INDEX, UNVISITED, SearchOutput, Tree
 from rllib_muzero.policy import MuZeroTorchPolicy, select_actions
 
@@ -93,7 +94,7 @@ def play_games(
         while alive.any():
             idx = np.flatnonzero(alive)
             result = policy.search(obs[idx], explore=explore)
-            actions = select_actions(result.visit_counts, temperature, policy.rng)
+            actions = search_actions(result, temperature, policy.rng)
             for j, i in enumerate(idx):
                 next_obs, reward, terminated, truncated, _ = envs[i].step(int(actions[j]))
                 returns[i] += reward
@@ -424,7 +425,7 @@ def _plan_from_search(
 ) -> list[list[_Step]]:
     """Per root: the action chosen at the temperature, then (open-loop) the most visited path below it."""
     tree = out.tree
-    first = select_actions(out.visit_counts, temperature, rng)  # [B]
+    first = search_actions(out, temperature, rng)  # [B]
     heights = subtree_heights(tree)
     plans = []
     for b in range(tree.batch_size):

@@ -9,7 +9,7 @@ How the loop maps to the published pseudocode
 =====================================  =============================================================================
 pseudocode                             here
 =====================================  =============================================================================
-``run_mcts``                           :func:`muzero_search`, one iteration of its loop per simulation
+``run_mcts``                           :func:`muzero_search` -> :func:`_run_simulations`, one iteration per simulation
 ``expand_node(root, ...)``             :func:`_init_roots` (root prior = softmax of the root logits, legal mask)
 ``add_exploration_noise``              :func:`_init_roots` (Dirichlet noise on the root prior, only when exploring)
 ``select_child`` (descend)             :func:`_simulate` (numba, whole batch): pUCT descent until an unexpanded edge
@@ -78,11 +78,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numba
@@ -194,6 +195,7 @@ class _Slot:
     on_cpu: bool
     _pb_c_key: tuple = ()
     _pb_c_table: np.ndarray | None = None
+    extras: dict = field(default_factory=dict)  # other searches' buffers for this shape (e.g. gumbel.py's), by name
 
     def pb_c_table(self, pb_c_init: float, pb_c_base: float) -> np.ndarray:
         """pUCT exploration weight before the child term, for every parent visit count n in [0, N]:
@@ -544,6 +546,13 @@ def _validate(
         if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
             _fail("known_bounds", known_bounds, accepted)
         known_bounds = (lo, hi)
+    prior_logits, value = _root_arrays(root)
+    params = _Params(int(num_simulations), discount, pb_c_init, pb_c_base, alpha, fraction, known_bounds)
+    return prior_logits, value, params
+
+
+def _root_arrays(root: RootOutput) -> tuple[np.ndarray, np.ndarray]:
+    """``root.prior_logits`` [B, A] and ``root.value`` [B] as arrays; ValueError if the root's shapes disagree."""
     prior_logits = np.asarray(root.prior_logits)
     if prior_logits.ndim != 2 or prior_logits.shape[0] < 1 or prior_logits.shape[1] < 1:
         _fail("root.prior_logits", f"array of shape {prior_logits.shape}", "a non-empty [B, A] array")
@@ -554,8 +563,7 @@ def _validate(
     shape = getattr(root.embedding, "shape", None)
     if shape is None or len(shape) < 1 or shape[0] != batch_size:
         _fail("root.embedding", f"object of shape {shape}", f"a tensor or array of shape [B={batch_size}, *H]")
-    params = _Params(int(num_simulations), discount, pb_c_init, pb_c_base, alpha, fraction, known_bounds)
-    return prior_logits, value, params
+    return prior_logits, value
 
 
 def _legal_mask(invalid_actions: np.ndarray | None, batch_size: int, num_actions: int) -> np.ndarray:
@@ -580,6 +588,37 @@ def _legal_mask(invalid_actions: np.ndarray | None, batch_size: int, num_actions
     return legal
 
 
+def _root_prior(prior_logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
+    """[B, A] float64 softmax of the root logits over the legal actions, with max-subtraction; 0 where illegal."""
+    logits = np.where(legal, prior_logits.astype(np.float64), -np.inf)  # [B, A]
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def _reset_roots(
+    tree: Tree,
+    prior: np.ndarray,
+    value: np.ndarray,
+    legal: np.ndarray,
+    root_counts_as_visit: bool,
+    known_bounds: tuple[float, float] | None,
+) -> None:
+    """Empties the trees and expands their roots with ``prior`` [B, A] (pseudocode ``expand_node(root)``)."""
+    tree.children_index.fill(UNVISITED)
+    tree.root_legal[...] = legal
+    tree.children_prior[:, ROOT_INDEX, :] = prior
+    tree.parent[:, ROOT_INDEX] = UNVISITED
+    tree.action_from_parent[:, ROOT_INDEX] = UNVISITED
+    tree.node_reward[:, ROOT_INDEX] = 0.0
+    tree.node_q[:, ROOT_INDEX] = 0.0
+    tree.node_raw_value[:, ROOT_INDEX] = value
+    tree.node_visits[:, ROOT_INDEX] = 1 if root_counts_as_visit else 0
+    tree.node_value_sum[:, ROOT_INDEX] = value if root_counts_as_visit else 0.0
+    tree.min_value.fill(math.inf if known_bounds is None else known_bounds[0])
+    tree.max_value.fill(-math.inf if known_bounds is None else known_bounds[1])
+    tree.max_depth.fill(0)
+
+
 def _init_roots(
     tree: Tree,
     prior_logits: np.ndarray,
@@ -591,12 +630,7 @@ def _init_roots(
     root_counts_as_visit: bool,
 ) -> None:
     """Resets the tree and expands the roots: pseudocode ``expand_node(root)`` + ``add_exploration_noise``."""
-    tree.children_index.fill(UNVISITED)
-    tree.root_legal[...] = legal
-    # Root prior: softmax over the legal actions with max-subtraction, in float64.
-    logits = np.where(legal, prior_logits.astype(np.float64), -np.inf)  # [B, A]
-    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-    prior = exp / exp.sum(axis=1, keepdims=True)
+    prior = _root_prior(prior_logits, legal)  # [B, A] float64
     if add_exploration_noise:
         gamma = np.where(legal, rng.gamma(params.root_dirichlet_alpha, size=legal.shape), 0.0)  # [B, A]
         total = gamma.sum(axis=1, keepdims=True)
@@ -604,17 +638,7 @@ def _init_roots(
         noise = np.where(total > 0.0, gamma / np.where(total > 0.0, total, 1.0), uniform)
         fraction = params.root_exploration_fraction
         prior = (1.0 - fraction) * prior + fraction * noise
-    tree.children_prior[:, ROOT_INDEX, :] = prior
-    tree.parent[:, ROOT_INDEX] = UNVISITED
-    tree.action_from_parent[:, ROOT_INDEX] = UNVISITED
-    tree.node_reward[:, ROOT_INDEX] = 0.0
-    tree.node_q[:, ROOT_INDEX] = 0.0
-    tree.node_raw_value[:, ROOT_INDEX] = value
-    tree.node_visits[:, ROOT_INDEX] = 1 if root_counts_as_visit else 0
-    tree.node_value_sum[:, ROOT_INDEX] = value if root_counts_as_visit else 0.0
-    tree.min_value.fill(math.inf if params.known_bounds is None else params.known_bounds[0])
-    tree.max_value.fill(-math.inf if params.known_bounds is None else params.known_bounds[1])
-    tree.max_depth.fill(0)
+    _reset_roots(tree, prior, value, legal, root_counts_as_visit, params.known_bounds)
 
 
 def _summarise(tree: Tree) -> SearchOutput:
@@ -705,48 +729,65 @@ def muzero_search(
     slot = workspace._slot(batch_size, num_nodes, num_actions, root.embedding)
     tree = slot.tree
     _init_roots(tree, prior_logits, root_value, legal, add_exploration_noise, params, rng, bool(root_counts_as_visit))
+    select = functools.partial(
+        _simulate,
+        tree.children_index,
+        tree.children_prior,
+        tree.node_visits,
+        tree.node_value_sum,
+        tree.node_q,
+        tree.min_value,
+        tree.max_value,
+        tree.root_legal,
+        tree.max_depth,
+        slot.pb_c_table(params.pb_c_init, params.pb_c_base),
+        unvisited_value == "parent",
+        slot.parents,
+        slot.actions,
+        slot.flat_index,
+    )
+    _run_simulations(slot, root.embedding, recurrent_fn, select, discount)
+    return _summarise(tree)
+
+
+def _run_simulations(
+    slot: _Slot, root_embedding: Any, recurrent_fn: RecurrentFn, select: Callable[[], None], discount: float
+) -> None:
+    """The simulation loop shared by the searches of this package, over a tree whose roots are already expanded.
+
+    Simulation ``sim = 1 .. N - 1`` creates node ``sim`` in every tree of the batch:
+    1. ``select()`` (a numba kernel over the whole batch) descends each tree to an unexpanded edge and writes it to
+       ``slot.parents`` / ``slot.actions`` and the parent's row in the embedding store to ``slot.flat_index``;
+    2. ONE ``recurrent_fn`` call for the whole batch, from each parent's own embedding;
+    3. :func:`_expand_and_backup` stores the outputs as node ``sim`` and backs its value up to the root.
+    Everything the loop touches is bound to locals once; nothing is allocated besides the network's outputs.
+    """
+    tree = slot.tree
+    batch_size, num_nodes, num_actions = tree.batch_size, tree.num_nodes, tree.num_actions
     is_torch = slot.flat_index_torch is not None
     torch_index_select = sys.modules["torch"].index_select if is_torch else None
     node_embeddings, flat = slot.node_embeddings, slot.embedding_flat
-    embedding_shape = tuple(root.embedding.shape)
+    embedding_shape = tuple(root_embedding.shape)
     if is_torch:
-        node_embeddings[ROOT_INDEX].copy_(root.embedding.detach())
+        node_embeddings[ROOT_INDEX].copy_(root_embedding.detach())
     else:
-        node_embeddings[ROOT_INDEX][...] = root.embedding
+        node_embeddings[ROOT_INDEX][...] = root_embedding
 
-    # Hot loop: everything it touches is bound to locals once; no allocation besides the network's.
     children_index, children_prior = tree.children_index, tree.children_prior
     node_visits, node_value_sum, node_q = tree.node_visits, tree.node_value_sum, tree.node_q
     node_reward, node_raw_value = tree.node_reward, tree.node_raw_value
     node_parent, node_action = tree.parent, tree.action_from_parent
-    min_value, max_value, root_legal, max_depth = tree.min_value, tree.max_value, tree.root_legal, tree.max_depth
+    min_value, max_value = tree.min_value, tree.max_value
     parents, actions, flat_index = slot.parents, slot.actions, slot.flat_index
     flat_index_torch, parent_embedding = slot.flat_index_torch, slot.parent_embedding
-    device = None if slot.on_cpu else root.embedding.device
-    pb_c_table = slot.pb_c_table(params.pb_c_init, params.pb_c_base)
-    unvisited_is_parent = unvisited_value == "parent"
+    device = None if slot.on_cpu else root_embedding.device
     logits_shape = (batch_size, num_actions)
     scalar_shape = (batch_size,)
     f32, contiguous = np.float32, np.ascontiguousarray
 
     for sim in range(1, num_nodes):  # simulation `sim` creates node `sim`
-        # 1. simulate: select_child from every root down to an unexpanded edge (parent node, action).
-        _simulate(
-            children_index,
-            children_prior,
-            node_visits,
-            node_value_sum,
-            node_q,
-            min_value,
-            max_value,
-            root_legal,
-            max_depth,
-            pb_c_table,
-            unvisited_is_parent,
-            parents,
-            actions,
-            flat_index,
-        )
+        # 1. simulate: select from every root down to an unexpanded edge (parent node, action).
+        select()
         # 2. one recurrent_inference for the whole batch, from each parent's own embedding.
         if is_torch:
             index = flat_index_torch if device is None else flat_index_torch.to(device)
@@ -796,5 +837,3 @@ def muzero_search(
             min_value,
             max_value,
         )
-
-    return _summarise(tree)

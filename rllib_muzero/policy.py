@@ -23,10 +23,18 @@ from ray.rllib.policy.view_requirement import ViewRequirement
 from ray.rllib.utils.typing import AlgorithmConfigDict, TensorType
 
 from rllib_muzero import columns
-from rllib_muzero.acting import make_supports, search_with_model, to_scalar
+from rllib_muzero.acting import (
+    AnySearchOutput,
+    make_supports,
+    policy_targets,
+    sample_from_visits,
+    search_actions,
+    search_with_model,
+    to_scalar,
+)
 from rllib_muzero.consistency import ConsistencyHeads
 from rllib_muzero.losses import LossOutput, muzero_loss
-from rllib_muzero.mcts import SearchOutput, SearchWorkspace
+from rllib_muzero.mcts import SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2, check_muzero_model
 from rllib_muzero.support import DiscreteSupport, head_size
 
@@ -62,34 +70,8 @@ def split_action_mask_space(observation_space: gym.Space, mask_key: str, num_act
 
 
 def select_actions(visit_counts: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Samples a_t ~ N(s, a)^(1/T) / sum_b N(s, b)^(1/T) (paper Appendix D); T == 0 is argmax (lowest index on ties).
-
-    Args:
-        visit_counts: [B, A] root visit counts.
-        temperature: T >= 0.
-        rng: consumed only when T > 0.
-    Returns:
-        [B] int64 actions.
-    """
-    if temperature == 0.0:
-        return np.argmax(visit_counts, axis=1).astype(np.int64)
-    counts = visit_counts.astype(np.float64)
-    # N^(1/T) computed in log space so small T does not overflow; unvisited actions keep probability 0.
-    with np.errstate(divide="ignore"):
-        logits = np.log(counts) / temperature
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)
-    cumulative = probs.cumsum(axis=1)
-    draws = rng.random(len(counts))[:, None] * cumulative[:, -1:]
-    return np.minimum((cumulative <= draws).sum(axis=1), counts.shape[1] - 1).astype(np.int64)
-
-
-def policy_targets(result: SearchOutput) -> np.ndarray:
-    """The policy target of each searched root, ``(B, A)`` float32: the normalised root visit counts
-    ``pi = N(s, a) / sum_b N(s, b)`` (paper Appendix B)."""
-    counts = result.visit_counts.astype(np.float32)
-    return counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    """Samples actions from visit counts at a temperature: :func:`rllib_muzero.acting.sample_from_visits`."""
+    return sample_from_visits(visit_counts, temperature, rng)
 
 
 class MuZeroTorchPolicy(TorchPolicyV2):
@@ -136,7 +118,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self.rng = np.random.default_rng(np.random.SeedSequence(entropy))
         self._workspace = SearchWorkspace()
         self.num_nonfinite_updates = 0
-        self.last_search: SearchOutput | None = None
+        self.last_search: AnySearchOutput | None = None
         self._target_model: MuZeroModelV2 | None = None  # built by the learner on first use (target_model())
         self._target_updated_at = 0  # num_grad_updates when the target network was last refreshed
         self._reanalyse_rng: np.random.Generator | None = None  # root noise of policy reanalyse, made on first use
@@ -218,7 +200,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         return to_scalar(logits, support, bool(self.config["use_target_transform"]))
 
     def search(self, obs: np.ndarray, *, explore: bool, num_simulations: int | None = None,
-               rng: np.random.Generator | None = None, model: MuZeroModelV2 | None = None) -> SearchOutput:
+               rng: np.random.Generator | None = None, model: MuZeroModelV2 | None = None) -> AnySearchOutput:
         """Runs one batched search from the observations ``obs`` [B, *obs_shape] (paper Appendix B).
 
         ``rng`` supplies the root noise when exploring (default: this policy's own generator); ``model`` searches
@@ -242,7 +224,9 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         timestep: int | None = None,
         **kwargs: Any,
     ) -> tuple[np.ndarray, list, dict[str, np.ndarray]]:
-        """Searches all observations of the batch at once; acts from visit counts (greedy when not exploring)."""
+        """Searches all observations of the batch at once and acts on the result
+        (:func:`~rllib_muzero.acting.search_actions`: visit counts at the scheduled temperature for pUCT, the search's
+        own action for Gumbel; greedy and noise-free when not exploring)."""
         explore = self.config["explore"] if explore is None else explore
         obs = input_dict[SampleBatch.OBS]
         if isinstance(obs, torch.Tensor):
@@ -250,7 +234,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         result = self.search(obs, explore=explore)
         self.last_search = result
         temperature = self.current_temperature() if explore else 0.0
-        actions = select_actions(result.visit_counts, temperature, self.rng)
+        actions = search_actions(result, temperature, self.rng)
         policy = policy_targets(result)
         visited = result.visit_counts > 0
         q_max = np.where(visited, result.q_values, -np.inf).max(axis=1).astype(np.float32)

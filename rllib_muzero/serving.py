@@ -39,7 +39,14 @@ import numpy as np
 import torch
 from ray.rllib.models.preprocessors import NoPreprocessor, Preprocessor, get_preprocessor
 
-from rllib_muzero.acting import SEARCH_KEYS, make_supports, search_with_model, support_from_plain
+from rllib_muzero.acting import (
+    SEARCH_DEFAULTS,
+    SEARCH_KEYS,
+    make_supports,
+    search_actions,
+    search_with_model,
+    support_from_plain,
+)
 from rllib_muzero.mcts import SearchOutput, SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2
 from rllib_muzero.support import head_size
@@ -199,7 +206,7 @@ class ServingAgent:
         self.value_support = support_from_plain(spec["value_support"])
         self.reward_support = support_from_plain(spec["reward_support"])
         self.use_target_transform = bool(spec["use_target_transform"])
-        self.search_config = dict(spec["search"])
+        self.search_config = {**SEARCH_DEFAULTS, **spec["search"]}  # files from before Gumbel: the pUCT search
         self.observation_space = space_from_plain(spec["observation_space"])
         self.action_space = space_from_plain(spec["action_space"])
         # RLlib's preprocessor for the raw observations (one-hot for Discrete, flattening for Dict / Tuple, ...),
@@ -267,7 +274,7 @@ class ServingAgent:
         """Greedy actions ``[B]`` int64 for a sequence of raw env observations, searched as one batch."""
         obs_batch = np.stack([self.preprocess(obs) for obs in observations])
         result = self.search(obs_batch)
-        return np.argmax(result.visit_counts, axis=1).astype(np.int64)  # most visited; lowest index on ties
+        return search_actions(result, 0.0, None)  # pUCT: most visited, lowest index on ties; Gumbel: its action
 
     def act(self, obs: Any) -> int:
         """The greedy action for one raw env observation (what ``compute_single_action(obs, explore=False)`` gives)."""

@@ -27,7 +27,8 @@ CONFIG_VALUES = [
     ("replay_window_step", 2.5), ("no_support", "yes"), ("scalar_loss", "l1"),
     ("target_update_interval", 0), ("reanalyse_value", "yes"), ("off_policy_correction_age", 0),
     ("off_policy_correction_age", 2.5), ("consistency_loss_weight", -1.0), ("consistency_projection_size", 2),
-    ("reanalyse_policy_fraction", 1.5), ("reanalyse_policy_fraction", -0.1),
+    ("reanalyse_policy_fraction", 1.5), ("reanalyse_policy_fraction", -0.1), ("search_algorithm", "alphazero"),
+    ("max_num_considered_actions", 0), ("gumbel_scale", -1.0), ("c_visit", float("nan")), ("c_scale", "big"),
 ]
 
 

@@ -24,13 +24,16 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "ruff", "tensorboard", "gymnasium[atari]>=1.0,<1.3", "box2d==2.3.10", "pygame>=2.1.3",
-                 "matplotlib>=3.7", "pillow>=10"],
+                 "matplotlib>=3.7", "pillow>=10", "minatar>=1.0.15,<1.1"],
         # `rllib-muzero evaluate`: plots (matplotlib, Agg), GIFs (Pillow), rgb rendering of classic-control (pygame).
         "viz": ["matplotlib>=3.7", "pillow>=10", "pygame>=2.1.3"],
         # Atari RAM games (Pong/Breakout tuned examples): ale-py ships the ROMs.
         "atari": ["gymnasium[atari]>=1.0,<1.3"],
         # LunarLander: gymnasium[box2d] pins box2d-py, which fails to build; box2d 2.3.10 has wheels.
         "box2d": ["box2d==2.3.10", "pygame>=2.1.3"],
+        # MinAtar games (`MinAtar/Breakout-v1`, ...): pure Python; adds seaborn and pytz (matplotlib, pandas and
+        # scipy come with Ray RLlib already). The wrapper (rllib_muzero.envs.MinAtarEnv) relies on 1.0's internals.
+        "minatar": ["minatar>=1.0.15,<1.1"],
     },
     entry_points={"console_scripts": ["rllib-muzero=rllib_muzero.cli:main"]},
 )

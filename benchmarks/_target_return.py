@@ -1,12 +1,13 @@
 """Train a tuned example per seed until a greedy evaluation reaches a target return (shared by the benchmarks).
 
-Used by ``benchmarks/cartpole.py``, ``benchmarks/lunarlander.py`` and ``benchmarks/pong_ram.py``. For every seed:
-build the tuned example's config (``--config`` JSON overrides and the seed merged in, validated like
-``rllib-muzero train`` does), call ``algo.train()`` until ``max_env_steps`` env steps or ``max_minutes`` minutes of
-training, and every ``eval_every`` env steps play ``eval_games`` whole games with
+Used by ``benchmarks/cartpole.py``, ``benchmarks/lunarlander.py``, ``benchmarks/pong_ram.py`` and the multi-seed
+``benchmarks/learning.py``. For every seed: build the tuned example's config (``--config`` JSON overrides and the
+seed merged in, validated like ``rllib-muzero train`` does), call ``algo.train()`` until ``max_env_steps`` env steps
+or ``max_minutes`` minutes of training, and every ``eval_every`` env steps play ``eval_games`` whole games with
 :func:`rllib_muzero.evaluation.play_games` (greedy search: no root noise, temperature 0; game ``i`` of seed ``s`` is
-reset with seed ``10_000 + s + i``). A seed stops as soon as the greedy mean reaches the target. Evaluation time is
-excluded from the training wall time (``train_s``) and reported separately (``eval_s``).
+reset with seed ``10_000 + s + i``). A seed stops as soon as the greedy mean reaches the target (unless
+``stop_at_target=False``, ``learning.py --full-curve``). Evaluation time is excluded from the training wall time
+(``train_s``) and reported separately (``eval_s``).
 
 Printed: one progress line per evaluation (env steps, learner updates, training seconds, greedy mean) and, at the
 end, one table row per seed. With ``csv_path`` every evaluation is also appended to a CSV file as it happens
@@ -74,8 +75,14 @@ def run_seed(
     overrides: Mapping[str, Any] | None = None,
     eval_max_steps: int | None = None,
     on_eval: Callable[[dict], None] | None = None,
+    stop_at_target: bool = True,
 ) -> dict:
-    """Trains one seed until the target, ``max_env_steps`` or ``max_minutes``; returns its table row (a dict)."""
+    """Trains one seed until the target, ``max_env_steps`` or ``max_minutes``; returns its table row (a dict).
+
+    With ``stop_at_target=False`` the seed trains on to the budget after reaching the target (whole learning curves);
+    ``reached`` then says whether any evaluation reached it, and ``steps_to_target`` (in every row: the env steps of
+    the first evaluation that reached the target, or None) where.
+    """
     (name, spec), = load_experiments(example).items()
     config_dict = build_param_space(name, spec, {**(overrides or {}), "seed": seed})
     make_env = eval_env(config_dict)
@@ -85,6 +92,7 @@ def run_seed(
     next_eval = eval_every
     best = -np.inf
     reached = False
+    steps_to_target = None
     try:
         while env_steps < max_env_steps and train_time < max_minutes * 60:
             t0 = time.perf_counter()
@@ -101,19 +109,21 @@ def run_seed(
                 mean = float(returns.mean())
                 best = max(best, mean)
                 updates = algo.get_policy().num_grad_updates
-                reached = mean >= target
+                reached = reached or mean >= target
+                if reached and steps_to_target is None:
+                    steps_to_target = env_steps
                 print(f"  seed {seed}: env_steps={env_steps:6d} updates={updates:5d} train_s={train_time:6.1f} "
                       f"greedy_mean={mean:6.1f}", flush=True)
                 if on_eval is not None:
                     on_eval({"seed": seed, "env_steps": env_steps, "updates": updates, "train_s": train_time,
                              "eval_s": eval_time, "games": eval_games, "greedy_mean": mean,
                              "greedy_min": float(returns.min()), "greedy_max": float(returns.max()),
-                             "reached": reached})
-                if reached:
+                             "reached": mean >= target})
+                if reached and stop_at_target:
                     break
         return {"seed": seed, "reached": reached, "env_steps": env_steps,
                 "updates": algo.get_policy().num_grad_updates, "train_s": train_time, "eval_s": eval_time,
-                "best_greedy_mean": best}
+                "best_greedy_mean": best, "steps_to_target": steps_to_target}
     finally:
         algo.stop()
 
@@ -176,15 +186,16 @@ def run_benchmark(
     return rows
 
 
-def init_ray(num_cpus: int | None, torch_threads: int = 1) -> None:
+def init_ray(num_cpus: int | None, torch_threads: int = 1, **ray_init_kwargs: Any) -> None:
     """One torch thread in the driver (the learner's arithmetic, hence the trajectory, matches across machines) and
-    a local Ray session with ``num_cpus`` CPUs (None: all cores), no dashboard, workers' logs not forwarded."""
+    a local Ray session with ``num_cpus`` CPUs (None: all cores), no dashboard, workers' logs not forwarded.
+    ``ray_init_kwargs`` go to ``ray.init`` (e.g. ``address="local"`` for a private session per process)."""
     import ray
     import torch
 
     torch.set_num_threads(torch_threads)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **ray_init_kwargs)
 
 
 def long_run_parser(doc: str, *, example: str, target: float, eval_games: int, eval_every: int,

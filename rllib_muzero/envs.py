@@ -38,6 +38,12 @@ grayscale), unusable for RAM observations; ``StickyAction`` is ALE's *stochastic
 
 Randomness: :class:`NoopReset` and :class:`AvoidRepeat` draw from the env's own ``np_random``, which
 ``reset(seed=...)`` seeds; no wrapper touches a global RNG.
+
+MinAtar (Young & Tian 2019, ``pip install "rllib-muzero[minatar]"``): importing this module registers the gymnasium
+ids ``MinAtar/<Game>-v0`` (all 6 actions) and ``MinAtar/<Game>-v1`` (the game's minimal action set) for Asterix,
+Breakout, Freeway, Seaquest and SpaceInvaders, built as :class:`MinAtarEnv` (minatar 1.0.15 registers no gymnasium
+ids itself, and its own optional ``minatar.gym`` env observes ``bool`` arrays). ``config.env`` can name them like any
+gymnasium id; without minatar installed, :func:`check_env_id` refuses them naming the extra to install.
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import importlib.util
 import logging
 import math
 import re
@@ -268,14 +275,19 @@ def check_env_id(env_id: str) -> None:
     if _global_registry.contains(ENV_CREATOR, env_id) or not _is_gym_id(env_id):
         return
     modern = resolve_env_id(env_id)[0]
-    if _gym_spec(modern) is not None:
+    spec = _gym_spec(modern)
+    if spec is not None:
+        if spec.entry_point == MINATAR_ENTRY_POINT and not minatar_available():
+            raise ValueError(f"`{env_id}` is a MinAtar game and minatar is not installed: "
+                             f"`{MINATAR_INSTALL}`.")
         return
     known = sorted(gym.registry.keys())
     close = difflib.get_close_matches(modern, known, n=3)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     raise ValueError(f"Unknown env `{env_id}`: not registered with Tune (ray.tune.register_env), not a class path "
                      f"and not a gymnasium id.{hint} Atari ids need `pip install \"rllib-muzero[atari]\"`, "
-                     "LunarLander `pip install \"rllib-muzero[box2d]\"`.")
+                     "LunarLander `pip install \"rllib-muzero[box2d]\"`, MinAtar games (`MinAtar/Breakout-v1`, "
+                     f"...) `{MINATAR_INSTALL}`.")
 
 
 def is_ale_env_id(env_id: str) -> bool | None:
@@ -292,6 +304,118 @@ def is_ale_env_id(env_id: str) -> bool | None:
     entry_point = spec.entry_point
     where = entry_point if isinstance(entry_point, str) else getattr(entry_point, "__module__", "")
     return where.startswith("ale_py")
+
+
+# ---------------------------------------------------------------------------------------------------- MinAtar
+MINATAR_GAMES = {"Asterix": "asterix", "Breakout": "breakout", "Freeway": "freeway", "Seaquest": "seaquest",
+                 "SpaceInvaders": "space_invaders"}
+"""MinAtar's games: the name in the gymnasium id (``MinAtar/<name>-v1``) -> minatar's module name."""
+MINATAR_ENTRY_POINT = "rllib_muzero.envs:MinAtarEnv"
+MINATAR_INSTALL = 'pip install "rllib-muzero[minatar]"'
+# One colour per channel (channel c is drawn where it is set, later channels on top), background black.
+_MINATAR_PALETTE = np.array([
+    (0, 0, 0), (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)], dtype=np.uint8)
+
+
+def minatar_available() -> bool:
+    """Whether the ``minatar`` package can be imported (without importing it: it pulls in matplotlib and seaborn)."""
+    return importlib.util.find_spec("minatar") is not None
+
+
+def _import_minatar() -> Any:
+    try:
+        import minatar
+    except ImportError as error:
+        raise ImportError(f"MinAtar games need the minatar package: `{MINATAR_INSTALL}`.") from error
+    return minatar
+
+
+class MinAtarEnv(gym.Env):
+    """A MinAtar game (Young & Tian 2019, arXiv 1903.03176) as a gymnasium env; ids ``MinAtar/<Game>-v0`` / ``-v1``.
+
+    Wraps ``minatar.Environment`` (minatar 1.0.15) directly:
+
+    - observation: ``Box(0, 1, (10, 10, C), uint8)``, the game's ``C`` boolean channels (4 for Breakout), channels
+      last as the conv networks' ``channels_last="auto"`` reads it (``C <= 16``); uint8 keeps the replay 4x smaller than
+      float32, and with ``high == 1`` the networks do not divide by 255;
+    - actions: ``Discrete(len(action_set))`` over the game's minimal action set (``use_minimal_action_set=True``, the
+      ``-v1`` ids; Breakout: no-op, left, right) or all 6 MinAtar actions (``-v0``);
+    - reward and termination as the game gives them; no time limit (add one with the ``max_episode_steps`` option);
+    - sticky actions as MinAtar's default: with probability ``sticky_action_prob`` (0.1) the previous action is
+      repeated instead of the chosen one (this is MinAtar's own stochasticity, unrelated to the ``sticky_actions``
+      option, a fixed frame skip); ``difficulty_ramping`` (True) as MinAtar (Asterix, Seaquest and Space Invaders
+      speed up over a game; Breakout and Freeway ignore it);
+    - randomness: MinAtar's ``RandomState`` (game and sticky actions) is seeded from the env's ``np_random`` at the
+      first reset and at every ``reset(seed=...)``, and the previous action is forgotten at each reset, so a reset
+      with a seed replays the same game for the same actions;
+    - ``render_mode="rgb_array"``: an RGB image of the grid, ``render_scale`` (16) pixels per cell, one colour per
+      channel.
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+
+    def __init__(self, game: str, *, use_minimal_action_set: bool = True, sticky_action_prob: float = 0.1,
+                 difficulty_ramping: bool = True, render_mode: str | None = None, render_scale: int = 16):
+        if game not in MINATAR_GAMES.values():
+            raise ValueError(f"Unknown MinAtar game {game!r}: expected one of {sorted(MINATAR_GAMES.values())}.")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"MinAtar render_mode must be None or 'rgb_array', got {render_mode!r}.")
+        minatar = _import_minatar()
+        self.game_name = game
+        self.game = minatar.Environment(game, sticky_action_prob=float(sticky_action_prob),
+                                        difficulty_ramping=bool(difficulty_ramping))
+        self.action_set = (list(self.game.minimal_action_set()) if use_minimal_action_set
+                           else list(range(self.game.num_actions())))
+        self.observation_space = gym.spaces.Box(0, 1, tuple(self.game.state_shape()), np.uint8)
+        self.action_space = gym.spaces.Discrete(len(self.action_set))
+        self.render_mode = render_mode
+        self.render_scale = int(render_scale)
+        self._seeded = False
+
+    def _observation(self) -> np.ndarray:
+        return self.game.state().astype(np.uint8)
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None or not self._seeded:
+            self.game.seed(int(self.np_random.integers(2**31 - 1)))
+            self._seeded = True
+        self.game.last_action = 0  # MinAtar keeps it across resets: a seeded game would depend on the last one
+        self.game.reset()
+        return self._observation(), {}
+
+    def step(self, action):
+        reward, terminal = self.game.act(self.action_set[int(action)])
+        return self._observation(), float(reward), bool(terminal), False, {}
+
+    def render(self) -> np.ndarray | None:
+        if self.render_mode != "rgb_array":
+            return None
+        state = self.game.state()
+        index = np.zeros(state.shape[:2], dtype=np.int64)
+        for channel in range(state.shape[2]):
+            index[state[:, :, channel]] = channel + 1
+        image = _MINATAR_PALETTE[index % len(_MINATAR_PALETTE)]
+        return np.repeat(np.repeat(image, self.render_scale, axis=0), self.render_scale, axis=1)
+
+
+def register_minatar_envs() -> None:
+    """Registers ``MinAtar/<Game>-v0`` and ``-v1`` with gymnasium as :class:`MinAtarEnv` (done on import of this
+    module; cheap, minatar itself is imported only when an env is built). Replaces other registrations of the same
+    ids (minatar's optional ``minatar.gym.register_envs()`` observes ``bool`` arrays)."""
+    for name, game in MINATAR_GAMES.items():
+        for version, minimal in (("v0", False), ("v1", True)):
+            env_id = f"MinAtar/{name}-{version}"
+            existing = gym.registry.get(env_id)
+            if existing is None or existing.entry_point != MINATAR_ENTRY_POINT:
+                if existing is not None:
+                    del gym.registry[env_id]
+                gym.register(env_id, entry_point=MINATAR_ENTRY_POINT,
+                             kwargs={"game": game, "use_minimal_action_set": minimal})
+
+
+register_minatar_envs()
 
 
 # ---------------------------------------------------------------------------------------------------- the creator

@@ -1,4 +1,5 @@
-"""The train-until-target loop shared by the benchmarks (benchmarks/_target_return.py), at tiny budgets, and the
+"""The train-until-target loop shared by the benchmarks (benchmarks/_target_return.py), at tiny budgets, the
+multi-seed learning benchmark (benchmarks/learning.py: seed specs, summary statistics, a smoke run end to end), and the
 whole-game evaluation env of the Pong-RAM benchmark.
 
 The benchmark scripts import ``_target_return`` from their own folder (``python benchmarks/<name>.py`` puts it on
@@ -6,6 +7,7 @@ The benchmark scripts import ``_target_return`` from their own folder (``python 
 """
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +23,7 @@ if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _target_return  # noqa: E402
+import learning  # noqa: E402
 import pong_ram  # noqa: E402
 
 from rllib_muzero.cli import build_param_space, load_experiments  # noqa: E402
@@ -80,6 +83,18 @@ def test_loop_stops_a_seed_at_the_first_evaluation_that_reaches_the_target(ray_s
     assert capsys.readouterr().out.count("  seed 0: env_steps=") == 1
 
 
+@pytest.mark.integration
+def test_loop_trains_on_to_the_budget_past_the_target_when_asked(ray_session, _one_torch_thread, capsys):
+    curve = []
+    row = _target_return.run_seed(
+        0, example=_target_return.example_path("cartpole-muzero.yaml"),
+        eval_env=lambda config: lambda: gym.make("CartPole-v1"), target=1.0, eval_games=1, eval_every=100,
+        max_env_steps=200, max_minutes=5, overrides=TINY, eval_max_steps=3, on_eval=curve.append,
+        stop_at_target=False)
+    assert row["reached"] is True and row["steps_to_target"] == 100 and row["env_steps"] == 200
+    assert [r["env_steps"] for r in curve] == [100, 200] and all(r["reached"] for r in curve)
+
+
 def test_pong_evaluation_env_is_the_training_env_without_episode_life():
     (name, spec), = load_experiments(pong_ram.EXAMPLE).items()
     config = build_param_space(name, spec, {})
@@ -131,3 +146,172 @@ def test_search_speed_refuses_a_device_for_the_numpy_inference():
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
     assert "--device cuda needs --inference torch" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- learning.py
+@pytest.mark.parametrize("specs,seeds", [
+    ("0-9", list(range(10))),
+    (["0", "1", "2"], [0, 1, 2]),
+    ("3,5", [3, 5]),
+    (["0-2,7", "9", "1"], [0, 1, 2, 7, 9]),  # mixed, duplicates dropped, first-appearance order
+    (["4", "2"], [4, 2]),
+    ("5-5", [5]),
+])
+def test_seed_specs(specs, seeds):
+    assert learning.parse_seeds(specs) == seeds
+
+
+@pytest.mark.parametrize("spec", ["3-1", "a", "1-", "-2", "1.5", ""])
+def test_bad_seed_specs_are_refused(spec):
+    with pytest.raises(ValueError):
+        learning.parse_seeds(spec)
+
+
+def _eval(seed, env_steps, mean, train_s):
+    return {"seed": str(seed), "status": "eval", "env_steps": str(env_steps), "updates": str(env_steps // 4),
+            "train_s": f"{train_s:.3f}", "eval_s": "1.000", "games": "10", "greedy_mean": f"{mean:.3f}",
+            "greedy_min": f"{mean:.3f}", "greedy_max": f"{mean:.3f}", "reached": str(mean >= 475), "note": ""}
+
+
+def _done(seed, env_steps, train_s, reached, note):
+    return {"seed": str(seed), "status": "done", "env_steps": str(env_steps), "updates": str(env_steps // 4),
+            "train_s": f"{train_s:.3f}", "eval_s": "2.000", "games": "", "greedy_mean": "", "greedy_min": "",
+            "greedy_max": "", "reached": str(reached), "note": note}
+
+
+def _failed(seed, note):
+    return {"seed": str(seed), "status": "failed", "note": note}
+
+
+# Seeds 0, 3, 4 reach 475 (at 2,000 / 1,000 / 3,000 env steps, stopping there), seed 1 runs out of budget at
+# 3,000, seed 2 crashes after one evaluation. Rows interleave as they do when seeds run in parallel.
+ROWS = [_eval(0, 1000, 100, 10), _eval(1, 1000, 50, 11), _eval(0, 2000, 480, 20), _done(0, 2000, 20, True, "target"),
+        _eval(2, 1000, 60, 9), _failed(2, "RuntimeError: boom"), _eval(1, 2000, 200, 21), _eval(3, 1000, 500, 8),
+        _done(3, 1000, 8, True, "target"), _eval(1, 3000, 300, 31), _done(1, 3000, 31, False, "env-step budget"),
+        _eval(4, 1000, 20, 12), _eval(4, 2000, 470, 24), _eval(4, 3000, 490, 36), _done(4, 3000, 36, True, "target")]
+
+
+def test_seed_results_from_csv_rows():
+    results = {r.seed: r for r in learning.seed_results(ROWS, 475.0)}
+    assert [results[s].status for s in range(5)] == ["reached", "not reached", "failed", "reached", "reached"]
+    assert [results[s].steps_to_target for s in range(5)] == [2000, None, None, 1000, 3000]
+    assert results[0].train_s_to_target == pytest.approx(20) and results[0].updates_to_target == 500
+    assert results[2].note == "RuntimeError: boom" and results[2].env_steps == 1000  # counters of its last eval
+    assert results[1].best == pytest.approx(300) and results[4].last == pytest.approx(490)
+    assert [results[s].stopped_at_target for s in range(5)] == [True, False, False, True, True]
+
+
+def test_summary_success_rate_median_and_worst():
+    summary = learning.summarize(learning.seed_results(ROWS, 475.0), 475.0)
+    assert summary["n"] == 5 and summary["successes"] == 3 and summary["success_rate"] == pytest.approx(0.6)
+    # Steps to target 1,000 / 2,000 / 3,000 and two failures (infinite): the median is the third, 3,000.
+    assert summary["median_steps"] == 3000 and summary["worst_steps"] == float("inf")
+    assert summary["median_train_s"] == pytest.approx(36)
+    # Without the failures every figure is finite.
+    good = learning.seed_results([r for r in ROWS if r["seed"] in ("0", "3", "4")], 475.0)
+    summary = learning.summarize(good, 475.0)
+    assert (summary["successes"], summary["median_steps"], summary["worst_steps"]) == (3, 2000, 3000)
+    # More than half failing: the median is "not reached" too.
+    bad = learning.seed_results([r for r in ROWS if r["seed"] in ("1", "2", "3")], 475.0)
+    assert learning.summarize(bad, 475.0)["median_steps"] == float("inf")
+
+
+def test_summary_text_lists_every_seed_and_a_markdown_row():
+    results = learning.seed_results(ROWS, 475.0)
+    summary = learning.summarize(results, 475.0)
+    text = learning.format_summary(results, summary, label="mine", env="cartpole", max_env_steps=3000,
+                                   random_mean=22.0)
+    assert "success: 3/5 seeds reached 475 (60%)" in text
+    assert "env steps to the target: median 3,000, worst not reached" in text
+    table = text[text.index("seed  result"):]
+    for seed, status in [(0, "reached"), (1, "not reached"), (2, "failed"), (3, "reached"), (4, "reached")]:
+        assert any(line.split()[:1] == [str(seed)] and status in line for line in table.splitlines())
+    assert "RuntimeError: boom" in text
+    assert text.splitlines()[-1] == "| mine | 3/5 | 3,000 | not reached | 36.0 |"
+
+
+def test_summary_without_a_target():
+    rows = [{**r, "reached": "False"} for r in ROWS if r["status"] != "done" or r["seed"] != "0"]
+    results = learning.seed_results(rows, None)
+    assert [r.status for r in results] == ["incomplete", "done", "failed", "done", "done"]
+    summary = learning.summarize(results, None)
+    assert summary["successes"] is None and summary["median_last"] == pytest.approx(480)
+    assert learning.markdown_row(summary, "x").startswith("| x | 5 | 480.0 | 480.0 |")
+
+
+def test_curve_grid_carries_seeds_that_stopped_at_the_target_forward():
+    xs, values = learning.curve_grid(learning.seed_results(ROWS, 475.0))
+    assert list(xs) == [1000, 2000, 3000]
+    nan = float("nan")
+    expected = [[100, 480, 480], [50, 200, 300], [60, nan, nan], [500, 500, 500], [20, 470, 490]]
+    np.testing.assert_array_equal(values, np.array(expected))
+
+
+def test_every_learning_env_has_a_valid_tuned_example():
+    for name, spec in learning.ENVS.items():
+        if name.startswith("minatar"):
+            from rllib_muzero.envs import minatar_available
+
+            if not minatar_available():
+                continue
+        (experiment, body), = load_experiments(_target_return.example_path(spec.example)).items()
+        config = build_param_space(experiment, body, {"seed": 1})  # validated like `rllib-muzero train`
+        assert config["seed"] == 1
+
+
+@pytest.mark.integration
+def test_a_crashing_seed_is_recorded_as_failed_with_its_error(tmp_path):
+    """A seed's exception in its worker process becomes a "failed" row naming the error (the others go on)."""
+    path = tmp_path / "crash.csv"
+    writer = learning._CsvAppender(str(path))
+    job = {"example": str(tmp_path / "missing.yaml"), "target": 475.0, "overrides": {}, "max_env_steps": 100,
+           "max_minutes": 1.0, "eval_every": 100, "eval_games": 1, "eval_max_steps": 1, "full_curve": False,
+           "cpus_per_job": 1}
+    try:
+        learning.run_seeds([5], job, writer, jobs=1)
+    finally:
+        writer.close()
+    with open(path, newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["seed"] == "5" and row["status"] == "failed" and "missing.yaml" in row["note"]
+
+
+LEARNING_SMOKE = ["--env", "cartpole", "--seeds", "0", "--jobs", "1", "--label", "smoke", "--max-env-steps", "200",
+                  "--eval-every", "100", "--eval-games", "2", "--eval-max-steps", "5", "--random-games", "3",
+                  "--config", json.dumps({**TINY})]
+
+
+@pytest.mark.integration
+def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp_path, capsys):
+    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), *LEARNING_SMOKE, "--out", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "success: 0/1 seeds reached 475" in out and "env steps to the target: median not reached" in out
+    assert "| smoke | 0/1 | not reached | not reached | not reached |" in out
+    with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == learning.CSV_COLUMNS
+    assert [(r["status"], r["env_steps"]) for r in rows] == [("eval", "100"), ("eval", "200"), ("done", "200")]
+    assert all(float(r["greedy_max"]) <= 5 for r in rows[:2]) and rows[2]["note"] == "env-step budget"
+    png = (tmp_path / "cartpole-smoke.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) < 200_000
+    meta = json.loads((tmp_path / "cartpole-smoke.json").read_text())
+    assert meta["settings"]["max_env_steps"] == 200 and meta["random_mean"] <= 5
+
+    # Without --resume the files are not touched; with it the complete seed is not rerun (in-process: nothing to
+    # train, so no Ray either), and other settings are refused.
+    argv = [*LEARNING_SMOKE, "--out", str(tmp_path)]
+    with pytest.raises(SystemExit) as refused:
+        learning.main(argv)
+    assert refused.value.code == 2 and "--resume continues it" in capsys.readouterr().err
+    report = learning.main([*argv, "--resume"])
+    assert "seed(s) 0 already complete, not rerun" in capsys.readouterr().out
+    assert [r.seed for r in report["results"]] == [0] and report["summary"]["successes"] == 0
+    with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    with pytest.raises(SystemExit):
+        learning.main([*argv, "--resume", "--max-env-steps", "300"])
+    assert "max_env_steps 200 there, 300 now" in capsys.readouterr().err

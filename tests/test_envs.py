@@ -1,29 +1,38 @@
 """Env creation and the MuZero env options (rllib_muzero.envs): each option's effect, legacy ids, validation.
 
-Fast: scripted fake envs for exact semantics (a fake ALE with lives and action meanings), real ALE / Box2D envs for
-the id mapping and a few end-to-end checks (skipped when ale-py / Box2D are not installed). No Ray session.
+Fast: scripted fake envs for exact semantics (a fake ALE with lives and action meanings), real ALE / Box2D / MinAtar
+envs for the id mapping and a few end-to-end checks (skipped when ale-py / Box2D / minatar are not installed). No Ray
+session.
 """
 
 from __future__ import annotations
 
+import sys
+
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from gymnasium.utils import seeding
 from ray import tune
 from ray.rllib.env.env_context import EnvContext
 
+import rllib_muzero.envs
 from rllib_muzero.envs import (
     AVOID_REPEAT_PATIENCE,
     AVOID_REPEAT_PROBABILITY,
     ENV_OPTIONS,
     FIRE_ACTION,
+    MINATAR_ENTRY_POINT,
     NOOP_ACTION,
     AvoidRepeat,
     EpisodicLife,
+    MinAtarEnv,
     MuZeroEnvCreator,
+    check_env_id,
     is_ale_env_id,
     make_env_creator,
+    minatar_available,
     resolve_env_id,
     split_env_config,
     validate_env_options,
@@ -512,3 +521,144 @@ def test_breakout_reference_recipe_end_to_end():
     _, info = env.reset(seed=5)
     assert info["episode_frame_number"] == first_frame
     env.close()
+
+
+# ---------------------------------------------------------------------------------------------------- MinAtar
+needs_minatar = pytest.mark.skipif(not minatar_available(), reason='MinAtar needs pip install "rllib-muzero[minatar]"')
+MINATAR_CHANNELS = {"Asterix": 4, "Breakout": 4, "Freeway": 7, "Seaquest": 10, "SpaceInvaders": 6}
+MINATAR_MINIMAL_ACTIONS = {"Asterix": 5, "Breakout": 3, "Freeway": 3, "Seaquest": 6, "SpaceInvaders": 4}
+
+
+def _play(env, seed, actions):
+    obs, _ = env.reset(seed=seed)
+    frames, rewards = [obs.copy()], []
+    for action in actions:
+        obs, reward, terminated, truncated, _ = env.step(int(action))
+        frames.append(obs.copy())
+        rewards.append(reward)
+        if terminated or truncated:
+            break
+    return np.stack(frames), rewards
+
+
+def test_minatar_ids_are_registered_gymnasium_ids_that_are_not_atari():
+    for name in MINATAR_CHANNELS:
+        for version in ("v0", "v1"):
+            assert gym.spec(f"MinAtar/{name}-{version}").entry_point == MINATAR_ENTRY_POINT
+    assert is_ale_env_id("MinAtar/Breakout-v1") is False
+    with pytest.raises(ValueError, match="`episode_life`=True"):
+        validate_env_options("MinAtar/Breakout-v1", {"episode_life": True})
+
+
+@needs_minatar
+@pytest.mark.parametrize("name", list(MINATAR_CHANNELS))
+def test_minatar_games_through_the_env_creator(name):
+    check_env_id(f"MinAtar/{name}-v1")
+    minimal = make_env_creator(f"MinAtar/{name}-v1", None)[1]({})
+    full = make_env_creator(f"MinAtar/{name}-v0", None)[1]({})
+    try:
+        space = gym.spaces.Box(0, 1, (10, 10, MINATAR_CHANNELS[name]), np.uint8)
+        assert minimal.observation_space == space and full.observation_space == space
+        assert minimal.action_space == gym.spaces.Discrete(MINATAR_MINIMAL_ACTIONS[name])
+        assert full.action_space == gym.spaces.Discrete(6)
+        obs, info = minimal.reset(seed=0)
+        assert obs.dtype == np.uint8 and obs.shape == space.shape and set(np.unique(obs)) <= {0, 1} and info == {}
+        obs, reward, terminated, truncated, _ = minimal.step(minimal.action_space.n - 1)
+        assert obs in space and isinstance(reward, float) and not truncated
+    finally:
+        minimal.close()
+        full.close()
+
+
+@needs_minatar
+def test_minatar_breakout_minimal_actions_are_noop_left_right():
+    env = MinAtarEnv("breakout")
+    assert env.action_set == [0, 1, 3]  # MinAtar's action map: n, l, u, r, d, f
+    env.reset(seed=0)
+    paddle = lambda: int(np.flatnonzero(env.game.state()[9, :, 0])[0])  # noqa: E731 - channel 0, bottom row
+    env.game.sticky_action_prob = 0.0
+    start = paddle()
+    env.step(1)
+    assert paddle() == max(start - 1, 0)
+    env.step(2)
+    env.step(2)
+    assert paddle() == min(max(start - 1, 0) + 2, 9)
+
+
+@needs_minatar
+def test_minatar_seeded_resets_replay_the_same_game():
+    env = make_env_creator("MinAtar/Breakout-v1", None)[1]({})
+    actions = np.random.default_rng(0).integers(0, 3, 300)
+    first, rewards = _play(env, 7, actions)
+    _play(env, 8, actions)  # another game in between must not leak into the next seeded one (sticky last action)
+    again, rewards_again = _play(env, 7, actions)
+    assert np.array_equal(first, again) and rewards == rewards_again
+    # Different seeds give different games (ball start, sticky actions) for the same actions.
+    games = {_play(env, seed, actions)[0].tobytes() for seed in range(5)}
+    assert len(games) > 1
+    env.close()
+
+
+@needs_minatar
+def test_minatar_sticky_actions_are_minatars_default_and_configurable():
+    env = make_env_creator("MinAtar/Breakout-v1", None)[1]({})
+    assert env.unwrapped.game.sticky_action_prob == 0.1
+    env.close()
+    env = make_env_creator("MinAtar/Seaquest-v1", None)[1]({"sticky_action_prob": 0.0, "difficulty_ramping": False})
+    assert env.unwrapped.game.sticky_action_prob == 0.0 and env.unwrapped.game.env.ramping is False
+    env.close()
+
+
+@needs_minatar
+def test_minatar_random_play_scores_about_half_a_brick_and_options_wrap_it():
+    env = make_env_creator("MinAtar/Breakout-v1", None)[1]({"max_episode_steps": 5})
+    rng = np.random.default_rng(0)
+    returns, lengths = [], []
+    for seed in range(3):
+        _, rewards = _play(env, seed, rng.integers(0, 3, 100))
+        lengths.append(len(rewards))
+    assert lengths == [5, 5, 5]  # truncated by the time limit of the option
+    env.close()
+    env = MinAtarEnv("breakout")
+    for seed in range(100):
+        returns.append(sum(_play(env, seed, rng.integers(0, 3, 10_000))[1]))
+    assert 0.2 < np.mean(returns) < 1.0  # MinAtar Breakout's random play: about 0.5
+
+
+@needs_minatar
+def test_minatar_renders_rgb_arrays():
+    env = gym.make("MinAtar/Breakout-v1", render_mode="rgb_array")
+    env.reset(seed=0)
+    frame = env.render()
+    assert frame.shape == (160, 160, 3) and frame.dtype == np.uint8 and frame.max() > 0
+    env.close()
+    with pytest.raises(ValueError, match="render_mode"):
+        MinAtarEnv("breakout", render_mode="human")
+
+
+@needs_minatar
+@pytest.mark.parametrize("custom_model", ["muzero_resnet", "muzero_tiny"])
+def test_minatar_observations_feed_the_conv_networks(custom_model):
+    from rllib_muzero.conv_models import CONV_MODELS
+
+    env = MinAtarEnv("breakout")
+    cls = CONV_MODELS[custom_model]
+    model = cls(env.observation_space, env.action_space, env.action_space.n,
+                {"custom_model_config": {"downsample": False}}, "minatar", value_support_size=11,
+                reward_support_size=5)
+    assert model.obs_channels_last and model.input_shape == (4, 10, 10) and model.obs_scale is None
+    obs = np.stack([env.reset(seed=s)[0] for s in range(3)])
+    model.eval()
+    out = model.initial_inference(torch.as_tensor(obs))
+    assert out.policy_logits.shape == (3, 3) and out.value_logits.shape == (3, 11)
+
+
+def test_minatar_ids_without_minatar_name_the_extra(monkeypatch):
+    monkeypatch.setattr(rllib_muzero.envs, "minatar_available", lambda: False)
+    with pytest.raises(ValueError, match=r'minatar is not installed: `pip install "rllib-muzero\[minatar\]"`'):
+        check_env_id("MinAtar/Breakout-v1")
+    monkeypatch.setitem(sys.modules, "minatar", None)  # import minatar -> ImportError
+    with pytest.raises(ImportError, match=r'rllib-muzero\[minatar\]'):
+        MinAtarEnv("breakout")
+    with pytest.raises(ValueError, match="Unknown MinAtar game"):
+        MinAtarEnv("pong")

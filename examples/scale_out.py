@@ -1,9 +1,15 @@
 """The same MuZero config, scaled out: remote env runners search and act in parallel, the driver learns.
 
 Every env runner is a Ray actor with its own copy of the network; it steps ``num_envs_per_env_runner`` envs and
-searches all of their observations as one batch (one network call per simulation). Each iteration the driver
-collects one fragment from every runner, stitches them into the replay by episode id, runs the learner updates and
-broadcasts the new weights. Nothing in the config changes between one process and a cluster but these knobs:
+searches all of their observations as one batch (one network call per simulation). With remote runners MuZero runs
+its asynchronous pipeline (docs/design.md, "The asynchronous pipeline"): the runners sample continuously through
+RLlib's asynchronous requests, the driver stitches each fragment into the replay by episode id as it arrives, and a
+learner thread trains at the same time, as many updates as ``training_intensity`` owes for the stored env steps (new
+sample requests wait while the learner owes more than ``max_learner_lag``); every request carries the latest weights.
+An iteration ends after as many fragments as there are runners (a fast runner may deliver more of them than a slow
+one). ``.training(async_sampling=False)`` restores the synchronous loop (one fragment from every runner, then the
+updates, then the weights), which reproduces a seeded run exactly. Nothing in the config changes between one process
+and a cluster but these knobs:
 
 ==============================================  ====================================================================
 knob                                            role
@@ -17,6 +23,9 @@ knob                                            role
                                                 keep searching on their CPUs
 ``.training(training_intensity=r)``             replayed positions per new env step: keeps the replay ratio fixed
                                                 when more runners add more steps per iteration
+``.training(async_sampling=None)``              None: asynchronous with remote runners; False: synchronous loop
+``.training(max_learner_lag=L)``                updates the learner may owe before sampling is held back
+``max_requests_in_flight_per_env_runner=m``     ``.env_runners``: sample requests queued per runner (default 1)
 ==============================================  ====================================================================
 
 On a multi-node cluster start Ray on every node (``ray start --head`` / ``ray start --address=HEAD:6379``), then

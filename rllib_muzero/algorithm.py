@@ -9,6 +9,8 @@ where RLlib already has a field for a concept (``gamma``, ``lr``, ``grad_clip``,
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import difflib
 import math
 import os
@@ -23,12 +25,13 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import psutil
+import ray
 from ray.rllib.algorithms.algorithm import Algorithm
 from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
 from ray.rllib.env.env_context import EnvContext
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.policy.policy import Policy
-from ray.rllib.policy.sample_batch import SampleBatch
+from ray.rllib.policy.sample_batch import SampleBatch, concat_samples
 from ray.rllib.utils.metrics import (
     LEARN_ON_BATCH_TIMER,
     NUM_AGENT_STEPS_SAMPLED,
@@ -44,6 +47,7 @@ from ray.rllib.utils.typing import PolicyID
 from rllib_muzero import columns
 from rllib_muzero.acting import SEARCH_ALGORITHMS
 from rllib_muzero.envs import make_env_creator, validate_env_options
+from rllib_muzero.learner_thread import MuZeroLearnerThread
 from rllib_muzero.losses import SCALAR_LOSSES
 from rllib_muzero.mcts import UNVISITED_VALUE_MODES
 from rllib_muzero.metrics import parameter_histograms, search_statistics
@@ -54,6 +58,8 @@ from rllib_muzero.replay import SequenceReplayBuffer
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 CHECKPOINT_FORMAT_VERSION = 1  # of the "muzero" entry in algorithm_state.pkl; bump and migrate on layout changes
+SAMPLE_REQUEST_TAG = "muzero_sample"  # tag of the asynchronous sample requests to the env runners
+_POLL_SECONDS = 0.01  # how long one poll for ready sample requests waits (RLlib's fetch waits for all, or the timeout)
 
 
 class MuZeroConfig(AlgorithmConfig):
@@ -153,6 +159,9 @@ class MuZeroConfig(AlgorithmConfig):
         self.max_nonfinite_updates_in_a_row = 10
         self.send_weights_frequency = 1
         self.weight_sync_frequency = 0
+        # --- Asynchronous pipeline (runners sample while a learner thread learns; RLlib's old-stack IMPALA) ---
+        self.async_sampling: bool | None = None  # None: asynchronous exactly when num_env_runners > 0
+        self.max_learner_lag: int | None = None  # None: the updates one fragment of every remote runner owes
         self.debug = False  # reference's --debug: weight and gradient histograms in TensorBoard
 
     # ------------------------------------------------------------------ builder
@@ -210,6 +219,8 @@ class MuZeroConfig(AlgorithmConfig):
         consistency_projection_size: int | None = NotProvided,
         send_weights_frequency: int | None = NotProvided,
         weight_sync_frequency: int | None = NotProvided,
+        async_sampling: bool | None = NotProvided,
+        max_learner_lag: int | None = NotProvided,
         **kwargs: Any,
     ) -> MuZeroConfig:
         """Sets MuZero's training and search hyperparameters (plus RLlib's own, e.g. ``lr``, ``gamma``).
@@ -301,6 +312,18 @@ class MuZeroConfig(AlgorithmConfig):
             consistency_projection_size: Width of the consistency heads' projection (their output size).
             send_weights_frequency: Learner updates between weight broadcasts to the env runners.
             weight_sync_frequency: Env steps sampled between weight broadcasts (0: no minimum); both must be met.
+                In asynchronous mode a broadcast is a new weights snapshot that each env runner takes with its next
+                sample request.
+            async_sampling: The asynchronous pipeline (docs/design.md, "The asynchronous pipeline"): remote env
+                runners sample continuously through RLlib's asynchronous requests while a learner thread trains
+                (as RLlib's old-stack IMPALA), the replay ratio ``training_intensity`` held by throttling whichever
+                side runs ahead. None (default): asynchronous exactly when ``num_env_runners > 0``; False: the
+                synchronous loop (sample, store, learn, sync), which reproduces a seeded run exactly; True needs
+                ``num_env_runners >= 1``. With ``training_intensity=None`` the asynchronous learner owes one update
+                per fragment received (the synchronous loop: one per iteration).
+            max_learner_lag: Asynchronous mode: the most learner updates the learner may owe (due by the replay
+                ratio, not yet run) before new sample requests are held back. None (default): the updates one
+                fragment from every remote env runner owes (at least 1). The learner never runs ahead of the ratio.
         """
         super().training(**kwargs)
         for name, value in dict(
@@ -355,6 +378,8 @@ class MuZeroConfig(AlgorithmConfig):
             consistency_projection_size=consistency_projection_size,
             send_weights_frequency=send_weights_frequency,
             weight_sync_frequency=weight_sync_frequency,
+            async_sampling=async_sampling,
+            max_learner_lag=max_learner_lag,
         ).items():
             if value is not NotProvided:
                 setattr(self, name, value)
@@ -383,6 +408,7 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "send_weights_frequency", minimum=1)
         _check_int(self, "weight_sync_frequency", minimum=0)
         _check_int(self, "target_update_interval", minimum=1)
+        self._validate_async()
         if self.search_algorithm not in SEARCH_ALGORITHMS:
             _fail("search_algorithm", self.search_algorithm, f"one of {list(SEARCH_ALGORITHMS)}")
         _check_int(self, "max_num_considered_actions", minimum=1)
@@ -454,6 +480,27 @@ class MuZeroConfig(AlgorithmConfig):
         self._validate_temperatures()
         if self.batch_mode not in ("truncate_episodes", "complete_episodes"):
             _fail("batch_mode", self.batch_mode, "'truncate_episodes' or 'complete_episodes'")
+
+    def _validate_async(self) -> None:
+        if self.async_sampling is not None and not isinstance(self.async_sampling, bool):
+            _fail("async_sampling", self.async_sampling,
+                  "None (asynchronous exactly when `num_env_runners` > 0), True or False")
+        if self.async_sampling is True and self.num_env_runners == 0 and not self.in_evaluation:
+            _fail("async_sampling", self.async_sampling,
+                  "False or None with `num_env_runners`=0: the asynchronous pipeline samples on remote env runners "
+                  "(set `num_env_runners` >= 1)")
+        if self.max_learner_lag is not None and (
+            not isinstance(self.max_learner_lag, int) or isinstance(self.max_learner_lag, bool)
+            or self.max_learner_lag < 1
+        ):
+            _fail("max_learner_lag", self.max_learner_lag, "None (auto) or an integer >= 1")
+
+    @property
+    def uses_async_sampling(self) -> bool:
+        """Whether the algorithm runs the asynchronous pipeline (``async_sampling``, None = remote runners)."""
+        if self.async_sampling is None:
+            return self.num_env_runners > 0
+        return bool(self.async_sampling)
 
     def _validate_temperatures(self) -> None:
         temps = self.visit_softmax_temperatures
@@ -557,6 +604,17 @@ class MuZero(Algorithm):
         self._nonfinite_in_a_row = 0
         self._updates_since_sync = 0
         self._env_steps_since_sync = 0
+        # Asynchronous pipeline (async_sampling): the learner thread starts with the first training step.
+        self._async_sampling = self.config.uses_async_sampling
+        self._learner: MuZeroLearnerThread | None = None
+        self._learner_held = False  # paused between train() calls
+        self._weights_seq_no = 0  # the snapshot the env runners' sample requests carry (0: none yet)
+        self._sample_request = _make_sample_request(None, 0, {}, list(self.replays))
+        self._weights_at_updates = 0  # learner updates at the last weights snapshot
+        self._weights_at_env_steps = 0
+        self._async_runner_temperatures: dict[PolicyID, dict[int, float]] = {}
+        self._async_last_step_end = time.perf_counter()
+        self._async_fragments_per_runner: collections.Counter[int] = collections.Counter()
 
     # ------------------------------------------------------------------ setup helpers
     def _seed_entropy(self, stream: int) -> list[int] | None:
@@ -596,7 +654,12 @@ class MuZero(Algorithm):
         replay + learn (as many updates as ``training_intensity`` asks for, once
         ``num_steps_sampled_before_learning_starts`` env steps are stored) -> update priorities (from the current
         network) -> sync weights and the learner-update count to the env runners.
+
+        With ``async_sampling`` (the default with remote env runners) the phases overlap instead:
+        :meth:`_training_step_async`.
         """
+        if self._async_sampling:
+            return self._training_step_async()
         # --- sample
         with self._timers[SAMPLE_TIMER]:
             batch = synchronous_parallel_sample(
@@ -678,7 +741,11 @@ class MuZero(Algorithm):
 
     def _runner_temperatures(self, pid: PolicyID) -> dict[str, float]:
         """``temperature_runner_<i>``: the acting temperature each env runner's policy uses now (asked of the
-        runners themselves; runner 0 is the local one, which samples only when there are no remote runners)."""
+        runners themselves; runner 0 is the local one, which samples only when there are no remote runners).
+        Asynchronous mode reports what each runner's last fragment came with (asking would wait for its sample)."""
+        if self._async_sampling and self._async_runner_temperatures.get(pid):
+            return {f"temperature_runner_{index}": temperature
+                    for index, temperature in sorted(self._async_runner_temperatures[pid].items())}
         if self.env_runner_group.num_remote_env_runners() == 0:
             return {"temperature_runner_0": self.get_policy(pid).current_temperature()}
         temperatures = self.env_runner_group.foreach_env_runner(
@@ -734,15 +801,212 @@ class MuZero(Algorithm):
         self._counters[NUM_ENV_STEPS_TRAINED] += c.train_batch_size
         return {"learner_stats": out["learner_stats"]}
 
+    # ------------------------------------------------------------------ the asynchronous pipeline
+    def step(self) -> dict:
+        """One ``train()`` iteration. Asynchronous mode: the learner thread runs from the start of the iteration to
+        its end (through RLlib's episode-metrics collection) and is paused between iterations, so between ``train()``
+        calls the policy is quiescent: acting, reading weights and saving see no half-applied update."""
+        if not self._async_sampling:
+            return super().step()
+        self._start_learner()
+        try:
+            return super().step()
+        finally:
+            self._hold_learner()
+
+    def _start_learner(self) -> None:
+        if self._learner is None:
+            self._learner = MuZeroLearnerThread(self._learn_all)
+            self._learner.start()
+        elif self._learner_held:
+            self._learner.resume()
+            self._learner_held = False
+        self._learner.raise_if_failed()
+
+    def _hold_learner(self) -> None:
+        if self._learner is not None and not self._learner_held:
+            self._learner.pause()
+            self._learner_held = True
+
+    def _learner_paused(self) -> contextlib.AbstractContextManager:
+        """No learner update runs inside this block (a no-op without a learner thread)."""
+        return self._learner.paused() if self._learner is not None else contextlib.nullcontext()
+
+    def _learn_all(self) -> dict[PolicyID, dict]:
+        """One learner update of every trained policy: the learner thread's unit of work."""
+        trainable = self.env_runner.get_policies_to_train()
+        return {pid: self._learn_once(pid) for pid in self.replays if pid in trainable}
+
+    def max_learner_lag(self) -> int:
+        """Learner updates owed beyond which new sample requests are held back (``max_learner_lag``; auto: the
+        updates one fragment of every remote env runner owes under ``training_intensity``)."""
+        c = self.config
+        if c.max_learner_lag is not None:
+            return c.max_learner_lag
+        fragment_steps = c.get_rollout_fragment_length() * c.num_envs_per_env_runner
+        per_fragment = 1.0 if c.training_intensity is None else (
+            fragment_steps * c.training_intensity / c.train_batch_size)
+        return max(1, math.ceil(per_fragment * max(1, c.num_env_runners)))
+
+    def _training_step_async(self) -> dict:
+        """One iteration of the asynchronous pipeline (``async_sampling``; docs/design.md).
+
+        The phases of the synchronous loop, overlapping:
+
+        - sample: every healthy remote env runner keeps ``max_requests_in_flight_per_env_runner`` sample requests
+          in flight (RLlib's ``foreach_env_runner_async`` / ``fetch_ready_async_reqs``, as old-stack IMPALA); each
+          request carries the latest weights snapshot, loaded by the runner before sampling when it is newer than
+          its own, and returns the learner-update count of the weights the fragment was sampled with;
+        - store: each fragment goes into the replay as it arrives (the learner paused for it) and owes the learner
+          the updates ``training_intensity`` asks for;
+        - replay + learn + update priorities: the learner thread runs the owed updates, and waits when it owes none
+          (it never runs ahead of the replay ratio);
+        - throttle: no new sample request goes out while the learner owes more than :meth:`max_learner_lag`;
+        - sync weights: a new snapshot once ``send_weights_frequency`` updates and ``weight_sync_frequency`` env
+          steps have passed since the last one.
+
+        The iteration ends once it has stored as many fragments as there are healthy remote env runners.
+        """
+        learner = self._learner
+        group = self.env_runner_group
+        sample_timeout_s = self.config.sample_timeout_s
+        batches: list[SampleBatch] = []
+        staleness: list[int] = []
+        updates_before, busy_before = learner.num_updates, learner.busy_seconds
+        last_arrival = time.monotonic()
+        with self._timers[SAMPLE_TIMER]:
+            while group.num_healthy_remote_env_runners() > 0 and len(batches) < group.num_healthy_remote_env_runners():
+                learner.raise_if_failed()
+                if learner.owed <= self.max_learner_lag():
+                    group.foreach_env_runner_async(self._sample_request, tag=SAMPLE_REQUEST_TAG)
+                elif group.num_in_flight_async_reqs(SAMPLE_REQUEST_TAG) == 0:
+                    self._counters["num_sample_requests_held_back"] += 1
+                    learner.wait_for_progress(timeout=10 * _POLL_SECONDS)  # the learner catches up first
+                    continue
+                ready = group.fetch_ready_async_reqs(tags=SAMPLE_REQUEST_TAG, timeout_seconds=_POLL_SECONDS)
+                if ready:
+                    last_arrival = time.monotonic()
+                    with learner.paused():
+                        for runner_index, (batch, versions, temperatures) in ready:
+                            staleness += self._store_fragment(runner_index, batch, versions, temperatures)
+                            batches.append(batch.as_multi_agent())
+                        self._maybe_snapshot_weights()
+                elif sample_timeout_s and time.monotonic() - last_arrival > sample_timeout_s:
+                    break  # as synchronous sampling past `sample_timeout_s`: RLlib counts an empty iteration
+        learner.raise_if_failed()
+        if not batches:
+            return {}
+
+        # --- report
+        env_steps = sum(b.env_steps() for b in batches)
+        num_updates = learner.num_updates - updates_before
+        learn_seconds = learner.busy_seconds - busy_before
+        now = time.perf_counter()
+        wall_seconds, self._async_last_step_end = now - self._async_last_step_end, now
+        results: dict[str, Any] = {}
+        trainable = self.env_runner.get_policies_to_train()
+        with self._learner_paused() if self.config.debug else contextlib.nullcontext():  # histograms read weights
+            for pid in [pid for pid in self.replays if pid in trainable]:
+                policy_batches = [b.policy_batches[pid] for b in batches if pid in b.policy_batches]
+                metrics = self._muzero_metrics(pid, concat_samples(policy_batches) if policy_batches else None,
+                                               num_updates, learn_seconds, env_steps)
+                metrics.update({
+                    "env_steps_per_s": env_steps / wall_seconds if wall_seconds > 0 else 0.0,
+                    "learner_updates_owed": learner.owed,
+                    "max_learner_lag": self.max_learner_lag(),
+                    "learner_busy_fraction": min(1.0, learn_seconds / wall_seconds) if wall_seconds > 0 else 0.0,
+                    "num_fragments_this_iter": len(batches),
+                    "weights_staleness_mean": float(np.mean(staleness)) if staleness else 0.0,
+                    "weights_staleness_max": int(max(staleness)) if staleness else 0,
+                })
+                stats = learner.last_results.get(pid, {"learner_stats": {}})
+                results[pid] = {"learner_stats": dict(stats["learner_stats"]), "muzero": metrics}
+        return results
+
+    def _store_fragment(self, runner_index: int, batch: SampleBatch, versions: dict[PolicyID, int],
+                        temperatures: dict[PolicyID, float]) -> list[int]:
+        """Stores one runner's fragment (the learner paused) and credits the learner; returns the staleness of
+        each trained policy's weights it was sampled with (learner updates since)."""
+        batch = batch.as_multi_agent()
+        env_steps = batch.env_steps()
+        self._counters[NUM_ENV_STEPS_SAMPLED] += env_steps
+        self._counters[NUM_AGENT_STEPS_SAMPLED] += batch.agent_steps()
+        self._async_fragments_per_runner[runner_index] += 1
+        with self._timers["replay_add"]:
+            for pid, policy_batch in batch.policy_batches.items():
+                if pid in self.replays:
+                    add_sample_batch_to_replay(self.replays[pid], policy_batch, use_q_max=self.config.use_q_max)
+        num_updates = self._num_updates_due(env_steps)
+        self._counters["num_learner_updates_credited"] += num_updates
+        self._learner.credit(num_updates)
+        for pid, temperature in temperatures.items():
+            self._async_runner_temperatures.setdefault(pid, {})[runner_index] = temperature
+        return [self.get_policy(pid).num_grad_updates - version for pid, version in versions.items()
+                if pid in self.replays]
+
+    def _maybe_snapshot_weights(self) -> None:
+        """A new weights snapshot for the sample requests, when due (called with the learner paused)."""
+        c = self.config
+        updates = self._learner.num_updates
+        env_steps = self._counters[NUM_ENV_STEPS_SAMPLED]
+        if (updates - self._weights_at_updates < c.send_weights_frequency
+                or env_steps - self._weights_at_env_steps < c.weight_sync_frequency):
+            return
+        trainable = self.env_runner.get_policies_to_train()
+        to_train = [pid for pid in self.replays if pid in trainable]
+        with self._timers[SYNCH_WORKER_WEIGHTS_TIMER]:
+            weights = self.env_runner.get_weights(to_train)
+            global_vars = {
+                "timestep": env_steps,
+                "num_grad_updates_per_policy": {pid: self.get_policy(pid).num_grad_updates for pid in to_train},
+            }
+            self._weights_seq_no += 1
+            self._sample_request = _make_sample_request(ray.put(weights), self._weights_seq_no, global_vars,
+                                                        list(self.replays))
+        self._counters["num_weight_snapshots"] += 1
+        self._weights_at_updates, self._weights_at_env_steps = updates, env_steps
+
+    def _discard_sample_requests(self) -> None:
+        """Waits for the sample requests in flight and drops their fragments (sampled before a restore)."""
+        if self._async_sampling and self.env_runner_group.num_in_flight_async_reqs(SAMPLE_REQUEST_TAG):
+            self.env_runner_group.fetch_ready_async_reqs(tags=SAMPLE_REQUEST_TAG,
+                                                         timeout_seconds=self.config.sample_timeout_s)
+
+    def restore_env_runners(self, env_runner_group: Any) -> list[int]:
+        """RLlib's restart of failed env runners (``restart_failed_env_runners``), with the learner paused while a
+        restarted runner copies the learner's policy state."""
+        if self._learner is None or (
+            env_runner_group.num_healthy_remote_env_runners() == env_runner_group.num_remote_env_runners()
+        ):
+            return super().restore_env_runners(env_runner_group)
+        with self._learner.paused():
+            return super().restore_env_runners(env_runner_group)
+
+    def evaluate(self, *args: Any, **kwargs: Any) -> dict:
+        """RLlib's evaluation, with the learner paused while it runs (it copies the learner's weights)."""
+        with self._learner_paused():
+            return super().evaluate(*args, **kwargs)
+
+    def cleanup(self) -> None:
+        if self._learner is not None:
+            self._learner.stop()
+            self._learner = None
+        super().cleanup()
+
     # ------------------------------------------------------------------ checkpoints
     def __getstate__(self) -> dict:
+        with self._learner_paused():  # no half-applied update in a checkpoint
+            return self._getstate()
+
+    def _getstate(self) -> dict:
         state = super().__getstate__()
         state["muzero"] = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
             "replays": {pid: r.get_state() for pid, r in self.replays.items()}
             if self.config.store_buffer_in_checkpoints else {},
             "replay_rng_state": self.replay_rng.bit_generator.state,
-            "updates_due": self._updates_due,
+            # Asynchronous mode: plus the updates credited to the learner thread and not yet run.
+            "updates_due": self._updates_due + (self._learner.owed if self._learner is not None else 0),
             "nonfinite_in_a_row": self._nonfinite_in_a_row,
             "updates_since_sync": self._updates_since_sync,
             "env_steps_since_sync": self._env_steps_since_sync,
@@ -758,6 +1022,11 @@ class MuZero(Algorithm):
         if version > CHECKPOINT_FORMAT_VERSION:
             raise ValueError(f"This checkpoint has MuZero format version {version}; this rllib-muzero reads versions "
                              f"<= {CHECKPOINT_FORMAT_VERSION}. Upgrade rllib-muzero to load it.")
+        with self._learner_paused():
+            self._discard_sample_requests()
+            self._setstate(state, extra)
+
+    def _setstate(self, state: dict, extra: dict) -> None:
         super().__setstate__(state)
         for pid, replay_state in extra["replays"].items():
             if pid in self.replays:
@@ -767,6 +1036,13 @@ class MuZero(Algorithm):
         self._nonfinite_in_a_row = extra.get("nonfinite_in_a_row", 0)
         self._updates_since_sync = extra.get("updates_since_sync", 0)
         self._env_steps_since_sync = extra.get("env_steps_since_sync", 0)
+        if self._learner is not None:
+            self._learner.take_owed()  # the restored `updates_due` carries the debt
+        if self._async_sampling:  # the runners hold the restored weights: no snapshot from before the restore
+            self._weights_seq_no += 1
+            self._sample_request = _make_sample_request(None, self._weights_seq_no, {}, list(self.replays))
+            self._weights_at_updates = self._learner.num_updates if self._learner is not None else 0
+            self._weights_at_env_steps = self._counters[NUM_ENV_STEPS_SAMPLED]
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
         """Writes the checkpoint atomically: into a hidden sibling directory first, then renamed into place.
@@ -778,7 +1054,8 @@ class MuZero(Algorithm):
         final.parent.mkdir(parents=True, exist_ok=True)
         partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
         try:
-            super().save_checkpoint(str(partial))
+            with self._learner_paused():  # policy checkpoints are written beside the state
+                super().save_checkpoint(str(partial))
             previous = None
             if final.exists() and any(final.iterdir()):
                 previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex[:8]}")
@@ -791,6 +1068,24 @@ class MuZero(Algorithm):
             raise
         if previous is not None:
             shutil.rmtree(previous, ignore_errors=True)
+
+
+def _make_sample_request(weights_ref: ray.ObjectRef | None, weights_seq_no: int, global_vars: dict,
+                         policy_ids: list[PolicyID]) -> Any:
+    """The asynchronous sample request an env runner executes: load the weights snapshot ``weights_seq_no`` when
+    newer than the runner's (RLlib's ``weights_seq_no`` of ``RolloutWorker.set_weights``), sample one fragment, and
+    return ``(batch, {pid: learner updates of the weights sampled with}, {pid: acting temperature})``."""
+
+    def sample_request(runner: Any) -> tuple[SampleBatch, dict[PolicyID, int], dict[PolicyID, float]]:
+        if weights_ref is not None and runner.weights_seq_no != weights_seq_no:
+            runner.set_weights(ray.get(weights_ref), global_vars, weights_seq_no=weights_seq_no)
+        batch = runner.sample()
+        policies = {pid: runner.policy_map[pid] for pid in policy_ids if pid in runner.policy_map}
+        versions = {pid: int(policy.num_grad_updates) for pid, policy in policies.items()}
+        temperatures = {pid: policy.current_temperature() for pid, policy in policies.items()}
+        return batch, versions, temperatures
+
+    return sample_request
 
 
 def make_replay(config: MuZeroConfig, observation_space: gym.Space, action_space: gym.Space,

@@ -243,6 +243,8 @@ def test_served_agent_applies_rllibs_preprocessor_and_finds_a_custom_network(ray
 def test_scale_out_replay_gets_samples_from_both_remote_runners(ray_session):
     summary = scale_out.main(["--iterations", "2"])
     per_runner = summary["steps_per_runner"]
-    assert per_runner == {0: 0, 1: 2 * 2 * 10, 2: 2 * 2 * 10}  # local runner idle; 2 iterations x 2 envs x 10
-    assert summary["replay_num_added"] == sum(per_runner.values()) == summary["num_env_steps_sampled_lifetime"]
+    # Asynchronous sampling (the default with remote runners): a faster runner may deliver more fragments, and a
+    # runner's last fragment may be sampled but not stored yet when the example counts.
+    assert per_runner[0] == 0 and per_runner[1] > 0 and per_runner[2] > 0  # local runner idle; both remote sampled
+    assert summary["replay_num_added"] == summary["num_env_steps_sampled_lifetime"] <= sum(per_runner.values())
     assert summary["num_updates"] > 0  # the driver learned from the runners' samples

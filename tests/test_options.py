@@ -85,7 +85,9 @@ def test_weights_reach_runners_only_at_the_configured_frequency(ray_session):
             lambda w: w.get_policy().get_weights(), local_env_runner=False)[0]
 
     for frequency, expect_synced in [(1, True), (10_000, False)]:
-        config = (tiny_config(send_weights_frequency=frequency, num_steps_sampled_before_learning_starts=16)
+        # The synchronous broadcast (in async mode the learner goes on training after each send).
+        config = (tiny_config(send_weights_frequency=frequency, num_steps_sampled_before_learning_starts=16,
+                              async_sampling=False)
                   .env_runners(num_env_runners=1, num_cpus_per_env_runner=0.5)
                   .resources(num_cpus_for_main_process=0.5))
         algo = config.build_algo()

@@ -32,7 +32,7 @@ import numpy as np
 from rllib_muzero import MuZeroConfig
 from rllib_muzero.cli import build_param_space, load_experiments
 from rllib_muzero.envs import make_env_creator
-from rllib_muzero.evaluation import play_games
+from rllib_muzero.play import play_games
 
 EXAMPLES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tuned_examples")
 EVAL_SEED_BASE = 10_000
@@ -189,12 +189,14 @@ def run_benchmark(
 def init_ray(num_cpus: int | None, torch_threads: int = 1, **ray_init_kwargs: Any) -> None:
     """One torch thread in the driver (the learner's arithmetic, hence the trajectory, matches across machines) and
     a local Ray session with ``num_cpus`` CPUs (None: all cores), no dashboard, workers' logs not forwarded.
-    ``ray_init_kwargs`` go to ``ray.init`` (e.g. ``address="local"`` for a private session per process)."""
+    ``ray_init_kwargs`` go to ``ray.init``. By default the session is private to this process (``address="local"``):
+    a benchmark never joins another run's Ray cluster on the same machine (which would refuse ``num_cpus``)."""
     import ray
     import torch
 
     torch.set_num_threads(torch_threads)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    ray_init_kwargs.setdefault("address", "local")
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **ray_init_kwargs)
 
 

@@ -130,7 +130,7 @@ def register() -> None:
 
 def greedy_returns(algo: Any, *, length: int, num_games: int = 3, seed: int = 123) -> np.ndarray:
     """Undiscounted returns of greedy play (most visited action, no root noise), one per game."""
-    from rllib_muzero.evaluation import play_games
+    from rllib_muzero.play import play_games
 
     return play_games(algo.get_policy(), lambda: CorridorEnv({"length": length}), num_games, seed=seed,
                       explore=False)

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib
 import json
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -115,8 +117,8 @@ def train(args: argparse.Namespace) -> int:
     import ray
     from ray import tune
 
-    import rllib_muzero  # noqa: F401  (registers "MuZero" with Tune)
-    from rllib_muzero.progress import ProgressLines
+    # "MuZero" is registered with Tune: importing this module ran rllib_muzero/__init__.py first.
+    from rllib_muzero.progress import ProgressLines, status_table
 
     if not ray.is_initialized():
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=not args.quiet)
@@ -153,7 +155,8 @@ def train(args: argparse.Namespace) -> int:
                 tune_config=tune.TuneConfig(num_samples=args.num_samples or spec.get("num_samples", 1)),
                 run_config=run_config,
             )
-        results = tuner.fit()
+        with status_table():  # Tune's table with return, env steps, learner updates (rllib_muzero/progress.py)
+            results = tuner.fit()
         failed += len(results.errors)
         for result in results:
             metrics = result.metrics or {}
@@ -164,15 +167,132 @@ def train(args: argparse.Namespace) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """Plays games with one or more checkpoints and reports what the agent did and believed (rllib_muzero.evaluate)."""
-    from rllib_muzero.evaluation import EvaluationError
+    """Plays games with one or more checkpoints and reports what the agent did and believed; returns the exit code.
+
+    Checks everything the user typed before Ray starts, evaluates (:mod:`rllib_muzero.evaluate`), prints the table
+    and writes the requested files. User mistakes end as a :class:`UserError` (one line, exit code 2).
+    """
+    from rllib_muzero.play import EvaluationError
 
     try:
-        from rllib_muzero.evaluate import run_command
-
-        return run_command(args)
+        return _evaluate(args)
     except EvaluationError as e:
         raise UserError(str(e)) from None
+
+
+def _require_module(module: str, flag: str) -> None:
+    from rllib_muzero.play import EvaluationError
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise EvaluationError(f"{flag} needs the Python package `{module}`: pip install 'rllib-muzero[viz]'") from None
+
+
+def _resolve_checkpoints(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The checkpoints to evaluate, ``[(label, path)]``; a directory given without ``--checkpoints`` stands for its
+    latest checkpoint (each trial's, in an experiment directory), and the command says which one it took."""
+    from rllib_muzero.checkpoints import find_checkpoints, is_checkpoint_dir, latest_checkpoints
+
+    checkpoints = find_checkpoints(args.checkpoint_paths, args.checkpoints)
+    if args.checkpoints is None:
+        for path in args.checkpoint_paths:
+            if not is_checkpoint_dir(path):
+                for latest in latest_checkpoints(path):
+                    print(f"rllib-muzero: no --checkpoints given: evaluating the latest checkpoint in {path}: "
+                          f"{os.path.relpath(latest, os.path.abspath(path))}", file=sys.stderr)
+    return checkpoints
+
+
+def _evaluate(args: argparse.Namespace, out: Any = None) -> int:
+    from rllib_muzero.checkpoints import check_muzero_checkpoint
+    from rllib_muzero.evaluate import evaluate_checkpoints, summary_table, write_gifs, write_trees
+    from rllib_muzero.play import EvaluationError, EvaluationOptions, EvaluationResult
+
+    out = out or sys.stdout
+    if args.only_prior and args.only_value:
+        raise EvaluationError("--only-prior and --only-value exclude each other: pick one")
+    mode = "prior" if args.only_prior else "value" if args.only_value else "mcts"
+    for flag, value in (("--include-policy", args.include_policy), ("--include-bounds", args.include_bounds),
+                        ("--smooth", args.smooth), ("--detailed-label", args.detailed_label)):
+        if value and not args.plot_summary:
+            raise EvaluationError(f"{flag} shapes the --plot-summary figure: add --plot-summary")
+    if args.smooth is not None and args.smooth < 0:
+        raise EvaluationError(f"--smooth must be >= 0 steps, got {args.smooth}")
+    if args.sleep is not None and not args.sleep >= 0:
+        raise EvaluationError(f"--sleep must be >= 0 seconds, got {args.sleep}")
+    if args.sleep and not (args.render or args.save_gif_as):
+        raise EvaluationError("--sleep sets the frame duration of rendered games: add --render or --save-gif-as")
+    env_config = _parse_json(args.env_config, "--env-config")
+    gif_name = args.save_gif_as or ("render" if args.render else None)
+    save_mcts_after = args.save_mcts_after_step if args.save_mcts_after_step is not None else (
+        0 if args.save_mcts else None)
+    temperatures = args.eval_temperatures if args.eval_temperatures else [0.0]
+    option_kwargs = dict(num_games=args.games_per_evaluation, mode=mode, num_simulations=args.num_simulations,
+                         use_exploration_noise=args.use_exploration_noise, apply_mcts_steps=args.apply_mcts_steps,
+                         seed=args.seed, max_steps=args.max_steps, render=gif_name is not None,
+                         save_mcts_after_step=save_mcts_after, games_per_batch=args.games_per_batch,
+                         parallel=args.parallel)
+    for t in temperatures:
+        EvaluationOptions(**option_kwargs, temperature=t)
+    if args.plot_summary:
+        _require_module("matplotlib", "--plot-summary")
+    if gif_name is not None:
+        _require_module("PIL", "--render / --save-gif-as")
+    checkpoints = _resolve_checkpoints(args)
+    for _, path in checkpoints:
+        check_muzero_checkpoint(path)
+
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
+    output_dir = os.path.abspath(args.output_dir or "rllib-muzero-evaluation")
+    written: list[str] = []
+    trees = {"dot": 0, "png": 0}
+    single_gif = len(checkpoints) * len(temperatures) * args.games_per_evaluation == 1
+
+    def on_result(result: EvaluationResult) -> None:
+        s = result.summary()
+        print(f"rllib-muzero: {result.label} T={s['temperature']:g}: {s['num_games']} games, return "
+              f"{s['return_mean']:.2f} ± {s['return_std']:.2f}", file=sys.stderr)
+        if gif_name is not None:
+            written.extend(write_gifs(result, output_dir, gif_name, frame_duration_s=args.sleep or None,
+                                      single=single_gif))
+        if save_mcts_after is not None:
+            dots, pngs = write_trees(result, output_dir)
+            trees["dot"] += len(dots)
+            trees["png"] += len(pngs)
+        for game in result.games:  # written: free the frames and trees before the next evaluation
+            game.frames = None
+            game.trees_dot = {}
+
+    results = evaluate_checkpoints(checkpoints, temperatures, env=args.env, env_config=env_config,
+                                   on_result=on_result, **option_kwargs)
+    print(summary_table(results), file=out)
+    if args.plot_summary:
+        from rllib_muzero.visualize import plot_summary
+
+        os.makedirs(output_dir, exist_ok=True)
+        written.append(plot_summary(results, os.path.join(output_dir, "summary.png"),
+                                    include_policy=args.include_policy, include_bounds=args.include_bounds,
+                                    smooth=args.smooth or 0, detailed_label=args.detailed_label))
+    if args.output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "summary.json")
+        rows = [dict(r.summary(), checkpoint=p) for r, p in
+                zip(results, [p for _, p in checkpoints for _ in temperatures])]
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=2)
+        written.append(path)
+    print("", file=out)
+    for path in written:
+        print(f"wrote {path}", file=out)
+    if save_mcts_after is not None:
+        png_note = f" + {trees['png']} PNG" if shutil.which("dot") else " (no PNG: Graphviz `dot` not found)"
+        print(f"wrote {trees['dot']} search trees as DOT{png_note} under {os.path.join(output_dir, 'mcts')}",
+              file=out)
+    return 0
 
 
 def _add_evaluate_parser(sub: Any) -> None:
@@ -183,7 +303,8 @@ def _add_evaluate_parser(sub: Any) -> None:
                     "table (return, length, predicted first value vs actual discounted return). Files go to "
                     "--output-dir.")
     p.add_argument("checkpoint_paths", nargs="+", metavar="PATH",
-                   help="checkpoint directories (algo.save()), or Tune experiment/trial directories with --checkpoints")
+                   help="checkpoint directories (algo.save()), or Tune trial/experiment directories: their latest "
+                        "checkpoint (each trial's), or those named by --checkpoints")
     p.add_argument("--checkpoints", nargs="+", metavar="NAME",
                    help="checkpoint names inside the PATH directories, e.g. checkpoint_000003 (or just 3)")
     p.add_argument("--games-per-evaluation", type=int, default=1, metavar="N", help="games per checkpoint and "

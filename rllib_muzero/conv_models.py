@@ -8,7 +8,7 @@
   hidden state and MLP heads. Cheap enough for small images on a CPU.
 
 Both implement :class:`rllib_muzero.models.MuZeroModelV2`, so they plug into the policy, the loss and the search like
-``"muzero_fc"``; :func:`rllib_muzero.models.register_models` registers every entry of :data:`CONV_MODELS` with RLlib's
+``"muzero_fc"``; :func:`rllib_muzero.registry.register_models` registers every entry of :data:`CONV_MODELS` with RLlib's
 ``ModelCatalog``. Select one with ``model={"custom_model": "muzero_resnet", "custom_model_config": {...}}``; each
 class documents its options, checked like ``"muzero_fc"``'s (unknown names and bad values are errors naming
 ``model.custom_model_config.<key>``).
@@ -512,4 +512,4 @@ CONV_MODELS: dict[str, type[MuZeroModelV2]] = {
     TinyConvMuZeroModel.REGISTERED_NAME: TinyConvMuZeroModel,
 }
 """``custom_model`` name -> class, registered with RLlib's ``ModelCatalog`` by
-:func:`rllib_muzero.models.register_models`."""
+:func:`rllib_muzero.registry.register_models`."""

@@ -11,45 +11,49 @@ Python::
 
 ``evaluate`` takes an :class:`~ray.rllib.algorithms.algorithm.Algorithm` (a MuZero) or a
 :class:`~rllib_muzero.policy.MuZeroTorchPolicy`; the env is made from the agent's config (``env``, ``env_config``)
-unless ``env=`` / ``env_config=`` override it. Options are those of
-:class:`~rllib_muzero.evaluation.EvaluationOptions`.
+unless ``env=`` / ``env_config=`` override it. Options are those of :class:`~rllib_muzero.play.EvaluationOptions`.
+:func:`evaluate_checkpoints` restores and evaluates checkpoints one at a time (:mod:`rllib_muzero.checkpoints` finds,
+checks and restores them; its functions are importable from here too).
 
-Command line (one row per checkpoint and temperature)::
+Where the pieces live: :mod:`rllib_muzero.play` plays the games and records them, :mod:`rllib_muzero.checkpoints`
+finds and restores checkpoints, this module is the API (agents, envs, tables, files), :mod:`rllib_muzero.visualize`
+draws, and :mod:`rllib_muzero.cli` is the command line::
 
     rllib-muzero evaluate ~/ray_results/cartpole/MuZero_CartPole-v1_0_... --checkpoints 5 10 \\
         --games-per-evaluation 10 --eval-temperatures 0 0.5 --plot-summary --include-policy --save-gif-as cartpole
 
-Checkpoints are restored with RLlib (``Algorithm.from_state`` of the checkpoint's state) after checking that they
-were written by MuZero; for evaluation the restored algorithm gets no remote env runners and an empty replay.
-Every user mistake raises :class:`~rllib_muzero.evaluation.EvaluationError` with a one-line message.
+Every user mistake raises :class:`~rllib_muzero.play.EvaluationError` with a one-line message.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
-import json
 import math
 import os
-import pickle
-import pickletools
 import re
-import shutil
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
 
-from rllib_muzero.evaluation import (
+from rllib_muzero.checkpoints import (
+    _first_line,
+    check_muzero_checkpoint,
+    find_checkpoints,
+    latest_checkpoints,
+    load_algorithm,
+)
+from rllib_muzero.play import (
     EvaluationError,
     EvaluationOptions,
     EvaluationResult,
-    GameTrace,
     ObservationPipeline,
+    _frame,
     run_games,
 )
+from rllib_muzero.tree_dot import dot_to_png
+from rllib_muzero.visualize import gif_captions, save_gif
 
 __all__ = [
     "EvaluationError",
@@ -59,6 +63,7 @@ __all__ = [
     "evaluate",
     "evaluate_checkpoints",
     "find_checkpoints",
+    "latest_checkpoints",
     "load_algorithm",
     "summary_table",
     "write_gifs",
@@ -66,214 +71,6 @@ __all__ = [
 ]
 
 DEFAULT_POLICY_ID = "default_policy"
-_CHECKPOINT_FILES = ("rllib_checkpoint.json", "algorithm_state.pkl", "algorithm_state.msgpck",
-                     "class_and_ctor_args.pkl", "policy_state.pkl")
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# Finding and checking checkpoints (file system only: no Ray needed).
-
-
-def _is_checkpoint_dir(path: str) -> bool:
-    return os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in _CHECKPOINT_FILES)
-
-
-def _subdirs(path: str) -> list[str]:
-    try:
-        return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
-    except OSError:
-        return []
-
-
-def _checkpoint_names_under(path: str) -> list[str]:
-    """Names of the checkpoints in ``path`` (a trial directory) or in its subdirectories (an experiment)."""
-    names = {d for d in _subdirs(path) if _is_checkpoint_dir(os.path.join(path, d))}
-    for trial in _trials(path):
-        names.update(d for d in _subdirs(os.path.join(path, trial)) if _is_checkpoint_dir(os.path.join(path, trial, d)))
-    return sorted(names)
-
-
-def _trials(path: str) -> list[str]:
-    """Subdirectories of ``path`` that may hold checkpoints (not checkpoints themselves: RLlib's new-stack
-    checkpoints nest component checkpoints)."""
-    return [d for d in _subdirs(path) if not _is_checkpoint_dir(os.path.join(path, d))]
-
-
-def _listing(names: list[str], limit: int = 8) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
-
-
-def _unique_labels(paths: list[str]) -> list[str]:
-    """Shortest trailing path parts that tell the checkpoints apart (``checkpoint_000003``, or ``trial/checkpoint_..``
-    when two trials hold checkpoints of the same name)."""
-    parts = [os.path.normpath(p).split(os.sep) for p in paths]
-    depth = [1] * len(paths)
-    for _ in range(max((len(p) for p in parts), default=1)):
-        labels = ["/".join(p[-d:]) for p, d in zip(parts, depth)]
-        duplicated = {x for x in labels if labels.count(x) > 1}
-        if not duplicated:
-            return labels
-        depth = [d + 1 if lab in duplicated else d for lab, d in zip(labels, depth)]
-    return [os.path.normpath(p) for p in paths]
-
-
-def find_checkpoints(paths: Sequence[str], names: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """Resolves the command line's checkpoints to ``[(label, absolute path)]``.
-
-    Without ``names`` every path must be a checkpoint directory (``algo.save()``). With ``names`` every path is a
-    Tune experiment or trial directory and each name (``checkpoint_000003``, or just ``3``) is looked up in it and
-    in its trial subdirectories (every trial holding it is evaluated).
-    """
-    if not paths:
-        raise EvaluationError("no checkpoint given: pass checkpoint directories, or an experiment directory and "
-                              "--checkpoints NAME...")
-    found: list[str] = []
-    for path in paths:
-        if not os.path.exists(path):
-            raise EvaluationError(f"no such checkpoint or directory: {path}")
-        if names is None:
-            if _is_checkpoint_dir(path):
-                found.append(os.path.abspath(path))
-                continue
-            available = _checkpoint_names_under(path) if os.path.isdir(path) else []
-            if available:
-                raise EvaluationError(f"{path} is not a checkpoint but holds checkpoints ({_listing(available)}): "
-                                      "name them with --checkpoints NAME...")
-            raise EvaluationError(f"{path} is not an RLlib checkpoint (no rllib_checkpoint.json or "
-                                  "algorithm_state.pkl in it)")
-        if not os.path.isdir(path):
-            raise EvaluationError(f"{path} is not a directory: --checkpoints looks up names in a Tune experiment or "
-                                  "trial directory")
-        for name in names:
-            wanted = f"checkpoint_{int(name):06d}" if name.isdigit() else name
-            direct = os.path.join(path, wanted)
-            if _is_checkpoint_dir(direct):
-                matches = [direct]
-            else:
-                matches = [os.path.join(path, trial, wanted) for trial in _trials(path)
-                           if _is_checkpoint_dir(os.path.join(path, trial, wanted))]
-            if not matches:
-                available = _checkpoint_names_under(path)
-                hint = f"available: {_listing(available)}" if available else "it holds no checkpoints"
-                raise EvaluationError(f"checkpoint `{name}` not found in {path}; {hint}")
-            found.extend(os.path.abspath(m) for m in matches)
-    found = list(dict.fromkeys(found))
-    return list(zip(_unique_labels(found), found))
-
-
-def _peek_algorithm_class(state_file: str, max_ops: int = 5000) -> tuple[str, str] | None:
-    """``(module, name)`` of the ``algorithm_class`` entry of a pickled old-stack algorithm state, read from the first
-    pickle opcodes without loading the state (which holds the replay buffer); None when it cannot be told."""
-    try:
-        with open(state_file, "rb") as f:
-            strings: list[str] = []
-            after_key = False
-            for k, (op, arg, _) in enumerate(pickletools.genops(f)):
-                if k >= max_ops:
-                    return None
-                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
-                    if after_key:
-                        strings.append(arg)
-                    elif arg == "algorithm_class":
-                        after_key = True
-                elif after_key and op.name in ("STACK_GLOBAL", "GLOBAL"):
-                    if op.name == "GLOBAL":
-                        module, _, name = str(arg).partition(" ")
-                    elif len(strings) >= 2:
-                        module, name = strings[-2], strings[-1]
-                    else:
-                        return None
-                    # A class pickled by value (cloudpickle rebuilds it, e.g. Tune's trainable wrapper) starts with
-                    # cloudpickle's own helpers: tell at load time.
-                    return None if "cloudpickle" in module else (module, name)
-                elif after_key and op.name not in ("MEMOIZE", "BINPUT", "LONG_BINPUT", "BINGET", "LONG_BINGET"):
-                    return None  # pickled by value or in another layout: tell at load time
-    except (OSError, ValueError, pickle.UnpicklingError):
-        return None
-    return None
-
-
-def _require_muzero(cls: Any, path: str, name: str | None = None) -> None:
-    from rllib_muzero.algorithm import MuZero
-
-    if not (isinstance(cls, type) and issubclass(cls, MuZero)):
-        name = name or getattr(cls, "__name__", repr(cls))
-        raise EvaluationError(f"{path} is a checkpoint of {name}, not MuZero: evaluate plays MuZero checkpoints only")
-
-
-def check_muzero_checkpoint(path: str) -> None:
-    """Raises EvaluationError unless ``path`` is an RLlib Algorithm checkpoint written by MuZero (or a subclass).
-
-    The algorithm class is read from the checkpoint's metadata (new API stack: ``class_and_ctor_args.pkl``; old
-    stack: the first entry of ``algorithm_state.pkl``) without restoring anything.
-    """
-    ctor_file = os.path.join(path, "class_and_ctor_args.pkl")
-    if os.path.exists(ctor_file):  # only RLlib's new API stack writes it; MuZero runs on the old stack
-        try:
-            with open(ctor_file, "rb") as f:
-                cls = pickle.load(f).get("class")
-        except Exception as e:  # a class that cannot be imported, a damaged file, ...
-            raise EvaluationError(f"{path}: cannot read the checkpoint's algorithm class ({_first_line(e)})") from None
-        _require_muzero(cls, path)
-        return
-    from ray.rllib.utils.checkpoints import get_checkpoint_info
-
-    try:
-        info = get_checkpoint_info(path)
-    except Exception as e:
-        raise EvaluationError(f"{path} is not a valid RLlib checkpoint: {_first_line(e)}") from None
-    if info.get("type") != "Algorithm":
-        raise EvaluationError(f"{path} is a {info.get('type')} checkpoint; evaluate needs an Algorithm checkpoint "
-                              "(written by algo.save() or Tune)")
-    if info.get("format") != "cloudpickle":
-        return  # told at load time
-    peeked = _peek_algorithm_class(str(info["state_file"]))
-    if peeked is None:
-        return
-    module, name = peeked
-    try:
-        cls = getattr(importlib.import_module(module), name.split(".")[0])
-        for part in name.split(".")[1:]:
-            cls = getattr(cls, part)
-    except (ImportError, AttributeError) as e:
-        raise EvaluationError(f"{path} is a checkpoint of {module}.{name}, which cannot be imported here: "
-                              f"{_first_line(e)}") from None
-    _require_muzero(cls, path, name)
-
-
-def load_algorithm(path: str) -> Any:
-    """Restores a MuZero checkpoint for evaluation (Ray must be initialised): checked first
-    (:func:`check_muzero_checkpoint`), then built with no remote env runners, one env, no evaluation runners and an
-    empty replay buffer (evaluation needs the networks, the env settings and the observation filters only)."""
-    from ray.rllib.algorithms.algorithm import Algorithm
-    from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
-    from ray.rllib.utils.checkpoints import get_checkpoint_info
-
-    check_muzero_checkpoint(path)
-    try:
-        state = Algorithm._checkpoint_info_to_algorithm_state(get_checkpoint_info(path))
-    except Exception as e:
-        raise EvaluationError(f"cannot read checkpoint {path}: {_first_line(e)}") from None
-    _require_muzero(state.get("algorithm_class"), path)
-    extra = state.get("muzero")
-    if isinstance(extra, dict) and "replays" in extra:
-        state["muzero"] = dict(extra, replays={})
-    config = state.get("config")
-    if isinstance(config, AlgorithmConfig):
-        config = config.copy(copy_frozen=False)
-        config.env_runners(num_env_runners=0, num_envs_per_env_runner=1, create_local_env_runner=True)
-        config.evaluation(evaluation_num_env_runners=0)
-    elif isinstance(config, dict):
-        config = dict(config, num_env_runners=0, num_envs_per_env_runner=1, create_local_env_runner=True,
-                      evaluation_num_env_runners=0)
-    state["config"] = config
-    return Algorithm.from_state(state)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -317,8 +114,6 @@ def _env_factory(algo: Any, policy: Any, env: Any, env_config: dict | None,
 def _probe_env(make_env: Callable[[], gym.Env], name: str, policy: Any, render: bool) -> tuple[gym.Space, Any, float]:
     """Builds one env to check it before playing: a gymnasium env with the policy's action count, and rgb_array
     frames when rendering. Returns its observation space, a first observation and its render fps."""
-    from rllib_muzero.evaluation import _frame
-
     try:
         env = make_env()
     except Exception as e:
@@ -518,8 +313,6 @@ def write_gifs(result: EvaluationResult, output_dir: str, name: str, *, frame_du
     """Writes each rendered game of ``result`` as a GIF with ``len(frames) == length + 1`` frames (the reset frame,
     then one per step), captioned with step, return and action. ``single``: the only game of the whole command,
     written as ``NAME.gif``; otherwise ``NAME-LABEL-T<temperature>-game<i>.gif``. Returns the paths."""
-    from rllib_muzero.visualize import gif_captions, save_gif
-
     stem = name[:-4] if name.lower().endswith(".gif") else name
     duration = frame_duration_s or 1.0 / (result.render_fps or 30.0)
     paths = []
@@ -539,8 +332,6 @@ def write_gifs(result: EvaluationResult, output_dir: str, name: str, *, frame_du
 def write_trees(result: EvaluationResult, output_dir: str, *, png: bool = True) -> tuple[list[str], list[str]]:
     """Writes the recorded search trees as ``OUTPUT/mcts/LABEL-T<temperature>/game<i>-step<t>.dot`` and, with
     ``png`` where Graphviz ``dot`` is installed, a PNG beside each. Returns (DOT paths, PNG paths)."""
-    from rllib_muzero.visualize import dot_to_png
-
     folder = os.path.join(output_dir, "mcts", f"{_file_part(result.label)}-T{result.options.temperature:g}")
     dots, pngs = [], []
     for game in result.games:
@@ -555,109 +346,3 @@ def write_trees(result: EvaluationResult, output_dir: str, *, png: bool = True) 
                 if out is not None:
                     pngs.append(out)
     return dots, pngs
-
-
-def _drop_frames(games: Sequence[GameTrace]) -> None:
-    for game in games:
-        game.frames = None
-        game.trees_dot = {}
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# The command line (called by rllib_muzero.cli with the parsed arguments).
-
-
-def _require_module(module: str, flag: str) -> None:
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        raise EvaluationError(f"{flag} needs the Python package `{module}`: pip install 'rllib-muzero[viz]'") from None
-
-
-def run_command(args: Any, out: Any = None) -> int:
-    """``rllib-muzero evaluate``: checks everything the user typed before Ray starts, evaluates, prints the table
-    and writes the requested files. Returns the exit code; raises EvaluationError for user mistakes."""
-    out = out or sys.stdout
-    if args.only_prior and args.only_value:
-        raise EvaluationError("--only-prior and --only-value exclude each other: pick one")
-    mode = "prior" if args.only_prior else "value" if args.only_value else "mcts"
-    for flag, value in (("--include-policy", args.include_policy), ("--include-bounds", args.include_bounds),
-                        ("--smooth", args.smooth), ("--detailed-label", args.detailed_label)):
-        if value and not args.plot_summary:
-            raise EvaluationError(f"{flag} shapes the --plot-summary figure: add --plot-summary")
-    if args.smooth is not None and args.smooth < 0:
-        raise EvaluationError(f"--smooth must be >= 0 steps, got {args.smooth}")
-    if args.sleep is not None and not args.sleep >= 0:
-        raise EvaluationError(f"--sleep must be >= 0 seconds, got {args.sleep}")
-    if args.sleep and not (args.render or args.save_gif_as):
-        raise EvaluationError("--sleep sets the frame duration of rendered games: add --render or --save-gif-as")
-    from rllib_muzero.cli import _parse_json  # the command's own JSON-option parser
-
-    env_config = _parse_json(args.env_config, "--env-config")
-    gif_name = args.save_gif_as or ("render" if args.render else None)
-    save_mcts_after = args.save_mcts_after_step if args.save_mcts_after_step is not None else (
-        0 if args.save_mcts else None)
-    temperatures = args.eval_temperatures if args.eval_temperatures else [0.0]
-    option_kwargs = dict(num_games=args.games_per_evaluation, mode=mode, num_simulations=args.num_simulations,
-                         use_exploration_noise=args.use_exploration_noise, apply_mcts_steps=args.apply_mcts_steps,
-                         seed=args.seed, max_steps=args.max_steps, render=gif_name is not None,
-                         save_mcts_after_step=save_mcts_after, games_per_batch=args.games_per_batch,
-                         parallel=args.parallel)
-    for t in temperatures:
-        EvaluationOptions(**option_kwargs, temperature=t)
-    if args.plot_summary:
-        _require_module("matplotlib", "--plot-summary")
-    if gif_name is not None:
-        _require_module("PIL", "--render / --save-gif-as")
-    checkpoints = find_checkpoints(args.checkpoint_paths, args.checkpoints)
-    for _, path in checkpoints:
-        check_muzero_checkpoint(path)
-
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False)
-    output_dir = os.path.abspath(args.output_dir or "rllib-muzero-evaluation")
-    written: list[str] = []
-    trees = {"dot": 0, "png": 0}
-    single_gif = len(checkpoints) * len(temperatures) * args.games_per_evaluation == 1
-
-    def on_result(result: EvaluationResult) -> None:
-        s = result.summary()
-        print(f"rllib-muzero: {result.label} T={s['temperature']:g}: {s['num_games']} games, return "
-              f"{s['return_mean']:.2f} ± {s['return_std']:.2f}", file=sys.stderr)
-        if gif_name is not None:
-            written.extend(write_gifs(result, output_dir, gif_name, frame_duration_s=args.sleep or None,
-                                      single=single_gif))
-        if save_mcts_after is not None:
-            dots, pngs = write_trees(result, output_dir)
-            trees["dot"] += len(dots)
-            trees["png"] += len(pngs)
-        _drop_frames(result.games)
-
-    results = evaluate_checkpoints(checkpoints, temperatures, env=args.env, env_config=env_config,
-                                   on_result=on_result, **option_kwargs)
-    print(summary_table(results), file=out)
-    if args.plot_summary:
-        from rllib_muzero.visualize import plot_summary
-
-        os.makedirs(output_dir, exist_ok=True)
-        written.append(plot_summary(results, os.path.join(output_dir, "summary.png"),
-                                    include_policy=args.include_policy, include_bounds=args.include_bounds,
-                                    smooth=args.smooth or 0, detailed_label=args.detailed_label))
-    if args.output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        path = os.path.join(output_dir, "summary.json")
-        rows = [dict(r.summary(), checkpoint=p) for r, p in
-                zip(results, [p for _, p in checkpoints for _ in temperatures])]
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=2)
-        written.append(path)
-    print("", file=out)
-    for path in written:
-        print(f"wrote {path}", file=out)
-    if save_mcts_after is not None:
-        png_note = f" + {trees['png']} PNG" if shutil.which("dot") else " (no PNG: Graphviz `dot` not found)"
-        print(f"wrote {trees['dot']} search trees as DOT{png_note} under {os.path.join(output_dir, 'mcts')}",
-              file=out)
-    return 0

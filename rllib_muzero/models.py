@@ -28,13 +28,12 @@ import gymnasium as gym
 import numpy as np
 import torch
 import tree
-from ray.rllib.models import ModelCatalog
 from ray.rllib.models.torch.torch_modelv2 import TorchModelV2
 from ray.rllib.policy.sample_batch import SampleBatch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rllib_muzero.numpy_inference import NumpyMLPInference, dense_layers
+from rllib_muzero.numpy_inference import HIDDEN_STATE_SCALE_EPS, NumpyMLPInference, dense_layers
 
 __all__ = [
     "DEFAULT_MODEL_NAME",
@@ -44,13 +43,13 @@ __all__ = [
     "MuZeroModelV2",
     "NetworkOutput",
     "check_muzero_model",
-    "register_models",
     "scale_hidden_state",
 ]
 
-DEFAULT_MODEL_NAME = "muzero_fc"  # the name under which register_models() registers FullyConnectedMuZeroModel
+DEFAULT_MODEL_NAME = "muzero_fc"  # FullyConnectedMuZeroModel's name in ModelCatalog (rllib_muzero/registry.py)
 
-HIDDEN_STATE_SCALE_EPS = 1e-8  # epsilon of the min-max scaling (paper Appendix G)
+# HIDDEN_STATE_SCALE_EPS, the epsilon of the min-max scaling (paper Appendix G), is defined in numpy_inference.py, the
+# lower of the two modules that scale hidden states, and imported from there.
 
 
 class NetworkOutput(NamedTuple):
@@ -482,16 +481,6 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
                     engine = NumpyMLPInference(*layers, num_actions=self.num_actions)
             self._numpy_inference = (key, engine)
         return self._numpy_inference[1]
-
-
-def register_models() -> None:
-    """Register the built-in networks with RLlib's ``ModelCatalog``: ``"muzero_fc"`` (FullyConnectedMuZeroModel) and
-    the convolutional networks of :mod:`rllib_muzero.conv_models` (``"muzero_resnet"``, ``"muzero_tiny"``)."""
-    from rllib_muzero import conv_models  # imported here: conv_models builds on this module
-
-    ModelCatalog.register_custom_model(DEFAULT_MODEL_NAME, FullyConnectedMuZeroModel)
-    for name, model_class in conv_models.CONV_MODELS.items():
-        ModelCatalog.register_custom_model(name, model_class)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

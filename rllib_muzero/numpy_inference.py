@@ -46,6 +46,9 @@ from rllib_muzero.support import DEFAULT_EPS, DiscreteSupport, _h_inverse_kernel
 # 23 -> 15 us per step on the comparison network. From two rows on, BLAS products and numpy's vectorised exp win (the
 # kernel's exp is scalar): 26 vs 25 us at 2 rows, 51 vs 31 us at 4 (benchmarks/search_speed.py's bound, 2026-11-26).
 COMPILED_STEP_MAX_ROWS = 1
+# The epsilon of the hidden-state min-max scaling (paper Appendix G), shared with models.scale_hidden_state (torch):
+# defined here, the lower of the two modules, so that models.py imports it and not the other way round.
+HIDDEN_STATE_SCALE_EPS = 1e-8
 # Reassociation and FMA only: loops vectorise, while NaN and inf keep their meaning.
 _FAST = {"reassoc", "contract"}
 
@@ -469,8 +472,6 @@ class NumpyMLPInference:
         ):
             self.paired_tail = [Dense(np.stack([r.weight_t, v.weight_t]), np.stack([r.bias, v.bias])[:, None, :],
                                       r.activation) for r, v in zip(reward[1:], value[1:], strict=True)]
-        from rllib_muzero.models import HIDDEN_STATE_SCALE_EPS  # here: models imports this module
-
         self._scale_eps = np.float32(HIDDEN_STATE_SCALE_EPS)
         self._plans: dict[int, _Plan] = {}
         self._compiled = _CompiledStep(self) if _CompiledStep.supports(self) else None

@@ -9,7 +9,8 @@ from ray.rllib.models import ModelCatalog
 from rllib_muzero import columns
 from rllib_muzero.conv_models import CONV_MODELS, ResidualMuZeroModel, TinyConvMuZeroModel
 from rllib_muzero.losses import muzero_loss
-from rllib_muzero.models import check_muzero_model, register_models
+from rllib_muzero.models import check_muzero_model
+from rllib_muzero.registry import register_models
 from rllib_muzero.support import DiscreteSupport
 
 ACTION_SPACE = gym.spaces.Discrete(3)

@@ -17,7 +17,7 @@ import torch
 
 from rllib_muzero import MuZeroConfig, cli
 from rllib_muzero.evaluate import evaluate, write_trees
-from rllib_muzero.evaluation import EvaluationError
+from rllib_muzero.play import EvaluationError
 
 pytestmark = pytest.mark.integration
 
@@ -244,11 +244,11 @@ def test_a_policy_plays_like_its_algorithm(experiment):
 
 
 def test_trees_without_graphviz_are_dot_only(experiment, tmp_path, monkeypatch):
-    from rllib_muzero import visualize
+    from rllib_muzero import tree_dot
 
     algo, _, _ = experiment
     result = evaluate(algo, label="nodot", max_steps=3, save_mcts_after_step=0)
-    monkeypatch.setattr(visualize.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tree_dot.shutil, "which", lambda name: None)
     dots, pngs = write_trees(result, str(tmp_path))
     assert len(dots) == result.games[0].length and pngs == []
     assert not list(tmp_path.rglob("*.png"))
@@ -289,9 +289,11 @@ def test_a_directory_that_is_not_a_checkpoint(tmp_path):
     assert_user_error(["evaluate", str(tmp_path)], "is not an RLlib checkpoint")
 
 
-def test_an_experiment_directory_needs_checkpoint_names(experiment):
-    _, root, _ = experiment
-    assert_user_error(["evaluate", str(root)], "holds checkpoints", "checkpoint_000001", "--checkpoints")
+def test_an_experiment_directory_without_checkpoint_names_stands_for_its_latest_checkpoint(experiment):
+    from rllib_muzero.checkpoints import find_checkpoints
+
+    _, root, trial = experiment
+    assert find_checkpoints([str(root)]) == [("checkpoint_000002", str(trial / "checkpoint_000002"))]
 
 
 def test_unknown_checkpoint_name(experiment):

@@ -12,7 +12,7 @@ import torch
 
 from rllib_muzero import MuZeroConfig
 from rllib_muzero.cli import build_param_space, load_experiments
-from rllib_muzero.evaluation import play_games
+from rllib_muzero.play import play_games
 
 pytestmark = pytest.mark.integration
 

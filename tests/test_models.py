@@ -14,9 +14,9 @@ from rllib_muzero.models import (
     MuZeroModelV2,
     NetworkOutput,
     check_muzero_model,
-    register_models,
     scale_hidden_state,
 )
+from rllib_muzero.registry import register_models
 from rllib_muzero.support import DiscreteSupport, support_to_scalar
 
 OBS_SPACE = gym.spaces.Box(-1.0, 1.0, (6,), np.float32)

@@ -1,8 +1,11 @@
 """MuZero learns CartPole: fixed seed, fixed env-step budget, greedy evaluation (no clock anywhere).
 
-Random play averages ~22 on CartPole-v1 and a mean of 10 random games above 100 essentially never happens. The tuned
-example's config (seed 0) reaches a greedy mean of 500 by 4,000 env steps (docs/benchmarks.md); learning curves of
-single runs dip, so the test takes the best of the greedy evaluations at 4,000, 4,800 and 5,600 env steps.
+Random play averages ~22 on CartPole-v1 and a mean of 10 random games above 100 essentially never happens. The
+threshold is set by the multi-seed benchmark (docs/benchmarks.md, `benchmarks/learning.py --env cartpole --seeds 0-9`)
+so that every benchmark seed clears it with margin, whatever machine runs the test (a seed's trajectory changes with
+the machine's floating-point rounding): with the tuned example, the best of the greedy evaluations at 6,000, 7,200
+and 8,000 env steps was at least 216 for every seed that had not already reached 475 before (five of ten had, by
+5,200), against a threshold of 100. Learning curves of single runs dip, hence the best of three evaluations.
 """
 
 import gymnasium as gym
@@ -16,8 +19,8 @@ from rllib_muzero.play import play_games
 
 pytestmark = pytest.mark.integration
 
-EVALUATE_AT = (4_000, 4_800, 5_600)  # env steps (multiples of the 400 sampled per iteration); the last is the budget
-THRESHOLD = 150.0
+EVALUATE_AT = (6_000, 7_200, 8_000)  # env steps (multiples of the 400 sampled per iteration); the last is the budget
+THRESHOLD = 100.0
 
 
 def test_random_play_stays_far_below_the_threshold():

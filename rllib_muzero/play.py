@@ -47,9 +47,9 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from rllib_muzero.acting import search_actions
+from rllib_muzero.acting import sample_from_visits, search_actions
 from rllib_muzero.mcts import ROOT_INDEX, UNVISITED, SearchOutput, Tree
-from rllib_muzero.policy import MuZeroTorchPolicy, select_actions
+from rllib_muzero.policy import MuZeroTorchPolicy
 from rllib_muzero.tree_dot import tree_to_dot
 
 __all__ = [
@@ -473,7 +473,7 @@ def _plan_from_network(
             noise = np.where(total > 0, noise / np.where(total > 0, total, 1.0), 1.0 / num_actions)
             fraction = float(c["root_exploration_fraction"])
             prior = (1.0 - fraction) * prior + fraction * noise
-        actions = select_actions(prior, temperature, rng)
+        actions = sample_from_visits(prior, temperature, rng)
         step = model.recurrent_inference(root.hidden, torch.as_tensor(actions, device=policy.device))
         rewards = policy.to_scalar(step.reward_logits, policy.reward_support)
         return [[_Step(int(actions[b]), float(rewards[b]), float(values[b]), math.nan, 0, prior[b], False)]
@@ -490,7 +490,7 @@ def _plan_from_network(
         dist = np.eye(num_actions)[actions]
     else:
         dist = _softmax(q / temperature)
-        actions = select_actions(dist, 1.0, rng)  # sampling proportional to dist
+        actions = sample_from_visits(dist, 1.0, rng)  # sampling proportional to dist
     return [[_Step(int(actions[b]), float(rewards[b, actions[b]]), float(values[b]), float(q[b].max()), 1, dist[b],
                    False)] for b in range(batch)]
 

@@ -27,7 +27,6 @@ from rllib_muzero.acting import (
     AnySearchOutput,
     make_supports,
     policy_targets,
-    sample_from_visits,
     search_actions,
     search_with_model,
     to_scalar,
@@ -67,11 +66,6 @@ def split_action_mask_space(observation_space: gym.Space, mask_key: str, num_act
         raise ValueError(f"A Dict observation with an action mask `{mask_key}` must have exactly one other entry (e.g. "
                          f"'observations'), got {others}.")
     return mask_key, original.spaces[others[0]]
-
-
-def select_actions(visit_counts: np.ndarray, temperature: float, rng: np.random.Generator) -> np.ndarray:
-    """Samples actions from visit counts at a temperature: :func:`rllib_muzero.acting.sample_from_visits`."""
-    return sample_from_visits(visit_counts, temperature, rng)
 
 
 class MuZeroTorchPolicy(TorchPolicyV2):

@@ -17,6 +17,7 @@ import torch
 
 from rllib_muzero.gumbel import GumbelSearchOutput, considered_visit_sequence, gumbel_muzero_search
 from rllib_muzero.mcts import ROOT_INDEX, RecurrentOutput, RootOutput, SearchOutput, SearchWorkspace, muzero_search
+from tests.test_mcts import RandomModel as MctsRandomModel
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,43 +73,11 @@ def bandit(rewards, logits, root_value=0.0):
     )
 
 
-class RandomModel:
-    """A fixed random deterministic model on 4-d embeddings; per-row ``scale`` (embedding column 0 of the root,
-    carried along) multiplies rewards and values, so roots of one batch live on very different value scales."""
+class RandomModel(MctsRandomModel):
+    """tests/test_mcts.py's fixed random model (per-row value scales), with 4 actions by default and sharper priors."""
 
     def __init__(self, num_actions=4, seed=0, torch_embeddings=False):
-        rng = np.random.default_rng(seed)
-        self.A = num_actions
-        self.w = rng.normal(size=(num_actions, 3)) * 1.5
-        self.c = rng.normal(size=(num_actions, 3))
-        self.torch = torch_embeddings
-        self.calls = []
-
-    def root(self, scales, seed=1):
-        rng = np.random.default_rng(seed)
-        b = len(scales)
-        emb = np.concatenate([np.asarray(scales, np.float64)[:, None], rng.normal(size=(b, 3))], axis=1)
-        emb = emb.astype(np.float32)
-        return RootOutput(
-            prior_logits=(2.0 * rng.normal(size=(b, self.A))).astype(np.float32),
-            value=(rng.normal(size=b) * np.asarray(scales)).astype(np.float32),
-            embedding=torch.from_numpy(emb) if self.torch else emb,
-        )
-
-    def __call__(self, embedding, actions):
-        e = embedding.numpy() if self.torch else embedding
-        e = e.astype(np.float64)
-        scale, x = e[:, :1], e[:, 1:]
-        nxt = np.tanh(np.roll(x, 1, axis=1) * self.w[actions] + self.c[actions])  # [B, 3]
-        logits = np.stack([nxt[:, i % 3] * (i + 1) for i in range(self.A)], axis=1)
-        out_emb = np.concatenate([scale, nxt], axis=1).astype(np.float32)
-        self.calls.append((tuple(embedding.shape), actions.copy()))
-        return RecurrentOutput(
-            reward=(scale[:, 0] * nxt[:, 0]).astype(np.float32),
-            prior_logits=logits.astype(np.float32),
-            value=(scale[:, 0] * nxt[:, 1]).astype(np.float32),
-            embedding=torch.from_numpy(out_emb) if self.torch else out_emb,
-        )
+        super().__init__(num_actions, seed, torch_embeddings, prior_scale=2.0)
 
 
 def search(root, fn, **kwargs):
@@ -564,7 +533,7 @@ def test_recurrent_fn_called_once_per_simulation_with_full_batch():
     model = RandomModel(num_actions=3)
     search(model.root(scales=[1.0, 2.0, 3.0, 4.0, 5.0]), model, num_simulations=17)
     assert len(model.calls) == 17
-    for shape, actions in model.calls:
+    for shape, actions, _ in model.calls:
         assert shape == (5, 4)
         assert actions.dtype == np.int64 and actions.shape == (5,)
         assert ((0 <= actions) & (actions < 3)).all()

@@ -66,9 +66,10 @@ class RandomModel:
     """A fixed random deterministic model on 4-d embeddings; per-row `scale` (embedding column 0 of the root, carried
     along) multiplies rewards and values, so roots of one batch live on very different value scales."""
 
-    def __init__(self, num_actions=3, seed=0, torch_embeddings=False):
+    def __init__(self, num_actions=3, seed=0, torch_embeddings=False, prior_scale=1.0):
         rng = np.random.default_rng(seed)
         self.A = num_actions
+        self.prior_scale = prior_scale  # root logits ~ prior_scale * N(0, 1)
         self.w = rng.normal(size=(num_actions, 3)) * 1.5
         self.c = rng.normal(size=(num_actions, 3))
         self.torch = torch_embeddings
@@ -80,7 +81,7 @@ class RandomModel:
         emb = np.concatenate([np.asarray(scales, np.float64)[:, None], rng.normal(size=(b, 3))], axis=1)
         emb = emb.astype(np.float32)
         return RootOutput(
-            prior_logits=rng.normal(size=(b, self.A)).astype(np.float32),
+            prior_logits=(self.prior_scale * rng.normal(size=(b, self.A))).astype(np.float32),
             value=(rng.normal(size=b) * np.asarray(scales)).astype(np.float32),
             embedding=torch.from_numpy(emb) if self.torch else emb,
         )

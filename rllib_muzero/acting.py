@@ -221,17 +221,20 @@ def search_with_model(
 def _search(root: RootOutput, recurrent_fn: RecurrentFn, config: Mapping[str, Any], explore: bool,
             rng: np.random.Generator | None, invalid_actions: np.ndarray | None, workspace: SearchWorkspace | None,
             num_simulations: int | None) -> AnySearchOutput:
-    algorithm = config.get("search_algorithm", SEARCH_DEFAULTS["search_algorithm"])
+    def option(key: str) -> Any:  # configs saved before Gumbel existed lack its keys: SEARCH_DEFAULTS
+        return config.get(key, SEARCH_DEFAULTS[key])
+
+    algorithm = option("search_algorithm")
     if algorithm == "gumbel":
         return gumbel_muzero_search(
             root,
             recurrent_fn,
             num_simulations=int(num_simulations or config["num_simulations"]),
             discount=float(config["gamma"]),
-            max_num_considered_actions=int(config.get("max_num_considered_actions", 16)),
-            gumbel_scale=float(config.get("gumbel_scale", 1.0)),
-            c_visit=float(config.get("c_visit", 50.0)),
-            c_scale=float(config.get("c_scale", 0.1)),
+            max_num_considered_actions=int(option("max_num_considered_actions")),
+            gumbel_scale=float(option("gumbel_scale")),
+            c_visit=float(option("c_visit")),
+            c_scale=float(option("c_scale")),
             add_gumbel_noise=explore,
             rng=rng,
             invalid_actions=invalid_actions,

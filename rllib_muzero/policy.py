@@ -85,6 +85,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         super().__init__(observation_space, action_space, config, max_seq_len=1)
         check_muzero_model(self.model, self.model_observation_space, action_space)
         if self.consistency_heads is not None:  # RLlib's optimizer bookkeeping only knows the network's parameters
+            self.consistency_heads.to(self.device)  # once: .to() keeps the Parameter objects the optimizer holds
             self._optimizers[0].add_param_group({"params": list(self.consistency_heads.parameters())})
         num_actions = int(action_space.n)
         self.view_requirements[columns.SEARCH_ROOT_VALUE] = ViewRequirement(
@@ -346,7 +347,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             model_obs = self.split_observations(unroll.reshape(-1, *unroll.shape[2:]))[0]
             tensors[columns.TRAIN_UNROLL_OBS] = model_obs.reshape(*unroll.shape[:2], *model_obs.shape[1:])
         if self.consistency_heads is not None:
-            self.consistency_heads.to(self.device).train()
+            self.consistency_heads.train()
         optimizer = self._optimizers[0]
         for group in optimizer.param_groups:
             group["lr"] = self.current_lr()

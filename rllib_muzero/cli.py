@@ -210,9 +210,24 @@ def _evaluate(args: argparse.Namespace, out: Any = None) -> int:
     from rllib_muzero.play import EvaluationError, EvaluationOptions, EvaluationResult
 
     out = out or sys.stdout
-    if args.only_prior and args.only_value:
-        raise EvaluationError("--only-prior and --only-value exclude each other: pick one")
-    mode = "prior" if args.only_prior else "value" if args.only_value else "mcts"
+    modes = [flag for flag, on in (("--only-prior", args.only_prior), ("--only-value", args.only_value),
+                                   ("--random-agent", args.random_agent)) if on]
+    if len(modes) > 1:
+        raise EvaluationError(f"{' and '.join(modes)} exclude each other: pick one")
+    mode = "prior" if args.only_prior else "value" if args.only_value else "random" if args.random_agent else "mcts"
+    if args.beside_random and not (args.render or args.save_gif_as):
+        raise EvaluationError("--beside-random puts a random agent's game beside each rendered game: add "
+                              "--save-gif-as or --render")
+    if args.beside_random and args.random_agent:
+        raise EvaluationError("--beside-random and --random-agent exclude each other: --random-agent already plays "
+                              "at random")
+    if args.gif_every < 1:
+        raise EvaluationError(f"--gif-every must be an integer >= 1 (keep every N-th frame), got {args.gif_every}")
+    if not 0.0 < args.gif_scale <= 4.0:
+        raise EvaluationError(f"--gif-scale must be a number in (0, 4] (1 = the env's frame size), got "
+                              f"{args.gif_scale}")
+    if (args.gif_every != 1 or args.gif_scale != 1.0) and not (args.render or args.save_gif_as):
+        raise EvaluationError("--gif-every / --gif-scale shape the GIFs: add --save-gif-as or --render")
     for flag, value in (("--include-policy", args.include_policy), ("--include-bounds", args.include_bounds),
                         ("--smooth", args.smooth), ("--detailed-label", args.detailed_label)):
         if value and not args.plot_summary:
@@ -258,7 +273,7 @@ def _evaluate(args: argparse.Namespace, out: Any = None) -> int:
               f"{s['return_mean']:.2f} ± {s['return_std']:.2f}", file=sys.stderr)
         if gif_name is not None:
             written.extend(write_gifs(result, output_dir, gif_name, frame_duration_s=args.sleep or None,
-                                      single=single_gif))
+                                      single=single_gif, every=args.gif_every, scale=args.gif_scale))
         if save_mcts_after is not None:
             dots, pngs = write_trees(result, output_dir)
             trees["dot"] += len(dots)
@@ -268,7 +283,7 @@ def _evaluate(args: argparse.Namespace, out: Any = None) -> int:
             game.trees_dot = {}
 
     results = evaluate_checkpoints(checkpoints, temperatures, env=args.env, env_config=env_config,
-                                   on_result=on_result, **option_kwargs)
+                                   on_result=on_result, beside_random=args.beside_random, **option_kwargs)
     print(summary_table(results), file=out)
     if args.plot_summary:
         from rllib_muzero.visualize import plot_summary
@@ -316,6 +331,8 @@ def _add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--only-prior", action="store_true", help="act on the network's prior alone (no search)")
     p.add_argument("--only-value", action="store_true",
                    help="act by one-step lookahead: argmax_a r(s,a) + gamma * v(s') (no search)")
+    p.add_argument("--random-agent", action="store_true",
+                   help="act uniformly at random over the legal actions (the baseline; the checkpoint gives the env)")
     p.add_argument("--use-exploration-noise", action="store_true", help="Dirichlet noise on the root prior")
     p.add_argument("--apply-mcts-steps", type=int, default=1, metavar="N",
                    help="actions played from one search: the chosen one, then open-loop along the most visited path")
@@ -329,6 +346,13 @@ def _add_evaluate_parser(sub: Any) -> None:
                    help="render every step (rgb_array) and save each game as a GIF (named as --save-gif-as render)")
     p.add_argument("--save-gif-as", metavar="NAME", help="save rendered games as GIFs: NAME.gif for a single game, "
                    "else NAME-<checkpoint>-T<temperature>-game<i>.gif (implies --render)")
+    p.add_argument("--beside-random", action="store_true",
+                   help="each GIF shows a random agent's game (same reset seed) on the left, the checkpoint's on "
+                        "the right")
+    p.add_argument("--gif-every", type=int, default=1, metavar="N",
+                   help="keep every N-th frame in the GIFs (and the last), each shown N times as long (default 1)")
+    p.add_argument("--gif-scale", type=float, default=1.0, metavar="F",
+                   help="resize the GIF frames by F (default 1: the env's frame size), for smaller files")
     p.add_argument("--sleep", type=float, metavar="S",
                    help="seconds each frame shows in the GIFs (default: the env's 1/render_fps)")
     p.add_argument("--plot-summary", action="store_true",

@@ -53,7 +53,7 @@ from rllib_muzero.play import (
     run_games,
 )
 from rllib_muzero.tree_dot import dot_to_png
-from rllib_muzero.visualize import gif_captions, save_gif
+from rllib_muzero.visualize import gif_captions, resize_frames, save_gif, side_by_side
 
 __all__ = [
     "EvaluationError",
@@ -244,20 +244,35 @@ def evaluate_checkpoints(
     env: Any = None,
     env_config: dict | None = None,
     on_result: Callable[[EvaluationResult], None] | None = None,
+    beside_random: bool = False,
     **option_kwargs: Any,
 ) -> list[EvaluationResult]:
     """Evaluates each ``(label, path)`` checkpoint (see :func:`find_checkpoints`) at each temperature, restoring one
     checkpoint at a time (Ray must be initialised). ``on_result`` sees each result as soon as it exists (e.g. to
-    write and drop its frames). Every option set is validated, and every checkpoint checked, before any restore."""
+    write and drop its frames). Every option set is validated, and every checkpoint checked, before any restore.
+
+    ``beside_random``: also play the same games (same reset seeds, same step limit and rendering) with a uniformly
+    random agent, once per checkpoint, and attach them to each result as ``baseline``, so :func:`write_gifs` shows
+    the random game beside the trained one (the reference's presentation of its agents)."""
     option_sets = [EvaluationOptions(**option_kwargs, temperature=t) for t in temperatures]
+    random_options = None
+    if beside_random:
+        first = option_sets[0]
+        random_options = EvaluationOptions(num_games=first.num_games, mode="random", seed=first.seed,
+                                           max_steps=first.max_steps, render=first.render,
+                                           games_per_batch=first.games_per_batch, parallel=first.parallel)
     for _, path in checkpoints:
         check_muzero_checkpoint(path)
     results = []
     for label, path in checkpoints:
         algo = load_algorithm(path)
         try:
+            baseline = None
+            if random_options is not None:
+                baseline = evaluate(algo, label="random", env=env, env_config=env_config, options=random_options)
             for options in option_sets:
                 result = evaluate(algo, label=label, env=env, env_config=env_config, options=options)
+                result.baseline = baseline
                 if on_result is not None:
                     on_result(result)
                 results.append(result)
@@ -309,24 +324,47 @@ def _file_part(text: str) -> str:
 
 
 def write_gifs(result: EvaluationResult, output_dir: str, name: str, *, frame_duration_s: float | None = None,
-               single: bool = False) -> list[str]:
+               single: bool = False, every: int = 1, scale: float = 1.0) -> list[str]:
     """Writes each rendered game of ``result`` as a GIF with ``len(frames) == length + 1`` frames (the reset frame,
     then one per step), captioned with step, return and action. ``single``: the only game of the whole command,
-    written as ``NAME.gif``; otherwise ``NAME-LABEL-T<temperature>-game<i>.gif``. Returns the paths."""
+    written as ``NAME.gif``; otherwise ``NAME-LABEL-T<temperature>-game<i>.gif``. Returns the paths.
+
+    With ``result.baseline`` (``evaluate_checkpoints(beside_random=True)``), each GIF shows the baseline's game with
+    the same index on the left and ``result``'s on the right (:func:`~rllib_muzero.visualize.side_by_side`), as
+    long as the longer of the two. ``every`` > 1 keeps every ``every``-th frame (and the last), each shown ``every``
+    times as long, and ``scale`` resizes the frames: both for small files (README pictures)."""
     stem = name[:-4] if name.lower().endswith(".gif") else name
     duration = frame_duration_s or 1.0 / (result.render_fps or 30.0)
+    baseline = {g.game_index: g for g in result.baseline.games} if result.baseline is not None else {}
     paths = []
     for game in result.games:
         if not game.frames:
             continue
+        frames, captions = resize_frames(_thin(game.frames, every), scale), _thin(gif_captions(game), every)
+        other = baseline.get(game.game_index)
+        if other is not None and other.frames:
+            length = max(len(game.frames), len(other.frames))  # thinned on the longer game's clock: in step
+            panels = []
+            for trace, agent in ((other, result.baseline.label), (game, result.label)):
+                kept = _thin([min(k, trace.length) for k in range(length)], every)  # an ended game holds its end
+                named = gif_captions(trace, f"{agent}: ")
+                panels.append((resize_frames([trace.frames[k] for k in kept], scale), [named[k] for k in kept]))
+            frames, captions = side_by_side(panels), None
         if single:
             path = os.path.join(output_dir, stem + ".gif")
         else:
             suffix = f"{_file_part(result.label)}-T{result.options.temperature:g}-game{game.game_index}"
             path = os.path.join(output_dir, f"{stem}-{suffix}.gif")
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        paths.append(save_gif(game.frames, path, frame_duration_s=duration, captions=gif_captions(game)))
+        paths.append(save_gif(frames, path, frame_duration_s=duration * every, captions=captions))
     return paths
+
+
+def _thin(items: list, every: int) -> list:
+    """Every ``every``-th item and the last (a game's final frame always shows)."""
+    if every <= 1:
+        return list(items)
+    return [items[k] for k in sorted(set(range(0, len(items), every)) | {len(items) - 1})]
 
 
 def write_trees(result: EvaluationResult, output_dir: str, *, png: bool = True) -> tuple[list[str], list[str]]:

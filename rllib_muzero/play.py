@@ -22,6 +22,9 @@ How :func:`run_games` acts (``EvaluationOptions.mode``):
            (``use_exploration_noise``) is mixed into the prior as in the search (mcts.py convention 9).
 ``value``  One-step lookahead through one recurrent step for every action: ``Q(s, a) = r(s, a) + gamma * v(s')``;
            ``T = 0``: argmax (lowest index on ties), ``T > 0``: sampled from ``softmax(Q / T)``.
+``random`` Uniformly random legal actions (the action mask where the env has one), no network call: the baseline the
+           reference shows beside each trained agent. The temperature is ignored; the model columns of the
+           record (predicted reward, network and search value) are NaN.
 =========  ============================================================================================================
 
 Reproducibility: games are played in batches of ``games_per_batch`` games (lockstep, one batched network call per
@@ -66,7 +69,7 @@ __all__ = [
     "subtree_heights",
 ]
 
-ACTING_MODES = ("mcts", "prior", "value")  # accepted values of EvaluationOptions.mode (module docstring)
+ACTING_MODES = ("mcts", "prior", "value", "random")  # accepted values of EvaluationOptions.mode (module docstring)
 
 
 class EvaluationError(ValueError):
@@ -118,7 +121,7 @@ def play_games(
 _FLAGS = {
     "num_games": "--games-per-evaluation",
     "temperature": "--eval-temperatures",
-    "mode": "--only-prior / --only-value",
+    "mode": "--only-prior / --only-value / --random-agent",
     "num_simulations": "--num-simulations",
     "apply_mcts_steps": "--apply-mcts-steps",
     "seed": "--seed",
@@ -197,15 +200,15 @@ class EvaluationOptions:
         if not _is_int(self.games_per_batch) or self.games_per_batch < 1:
             raise _bad("games_per_batch", self.games_per_batch, "an integer >= 1")
         if self.mode != "mcts":
-            flag = "--only-prior" if self.mode == "prior" else "--only-value"
+            flag = {"prior": "--only-prior", "value": "--only-value", "random": "--random-agent"}[self.mode]
             if self.apply_mcts_steps != 1:
                 raise EvaluationError(f"--apply-mcts-steps needs a search tree; it cannot be used with {flag}")
             if self.save_mcts_after_step is not None:
                 raise EvaluationError(f"--save-mcts needs a search tree; it cannot be used with {flag}")
             if self.num_simulations is not None:
                 raise EvaluationError(f"--num-simulations has no effect with {flag}; leave it out")
-        if self.mode == "value" and self.use_exploration_noise:
-            raise EvaluationError("--use-exploration-noise has no effect with --only-value (no prior is used)")
+        if self.mode in ("value", "random") and self.use_exploration_noise:
+            raise EvaluationError(f"--use-exploration-noise has no effect with {flag} (no prior is used)")
 
 
 @dataclass
@@ -269,6 +272,7 @@ class EvaluationResult:
     num_simulations: int  # simulations per search (0 when no search: prior / value modes)
     games: list[GameTrace]
     render_fps: float | None = None  # the env's metadata["render_fps"], for GIF timing
+    baseline: EvaluationResult | None = None  # the same games played by a random agent (GIFs side by side)
 
     @property
     def returns(self) -> np.ndarray:
@@ -457,7 +461,9 @@ def _plan_from_search(
 def _plan_from_network(
     policy: MuZeroTorchPolicy, obs: np.ndarray, options: EvaluationOptions, rng: np.random.Generator
 ) -> list[list[_Step]]:
-    """``prior`` and ``value`` modes: one initial inference (+ recurrent steps), no search."""
+    """``prior`` and ``value`` modes: one initial inference (+ recurrent steps), no search; ``random``: none."""
+    if options.mode == "random":
+        return _plan_at_random(policy, obs, rng)
     model = policy.model
     model.eval()
     c = policy.config
@@ -493,6 +499,18 @@ def _plan_from_network(
         actions = sample_from_visits(dist, 1.0, rng)  # sampling proportional to dist
     return [[_Step(int(actions[b]), float(rewards[b, actions[b]]), float(values[b]), float(q[b].max()), 1, dist[b],
                    False)] for b in range(batch)]
+
+
+def _plan_at_random(policy: MuZeroTorchPolicy, obs: np.ndarray, rng: np.random.Generator) -> list[list[_Step]]:
+    """``random`` mode: each action uniform over the legal ones (all actions when the env has no action mask; all
+    of them too in the degenerate case of a mask that allows none, as the search does)."""
+    num_actions = int(policy.action_space.n)
+    _, illegal = policy.split_observations(torch.as_tensor(obs))
+    legal = np.ones((len(obs), num_actions), dtype=bool) if illegal is None else ~illegal
+    legal[~legal.any(axis=1)] = True
+    shares = legal / legal.sum(axis=1, keepdims=True)  # [B, A]
+    actions = [int(rng.choice(num_actions, p=row)) for row in shares]
+    return [[_Step(a, math.nan, math.nan, math.nan, 0, shares[b], False)] for b, a in enumerate(actions)]
 
 
 @contextlib.contextmanager

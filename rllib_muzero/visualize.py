@@ -19,7 +19,7 @@ from rllib_muzero.tree_dot import dot_to_png, tree_to_dot
 if TYPE_CHECKING:
     from rllib_muzero.play import EvaluationResult, GameTrace
 
-__all__ = ["dot_to_png", "gif_captions", "plot_summary", "save_gif", "tree_to_dot"]
+__all__ = ["dot_to_png", "gif_captions", "plot_summary", "resize_frames", "save_gif", "side_by_side", "tree_to_dot"]
 
 def save_gif(
     frames: Sequence[np.ndarray],
@@ -34,22 +34,72 @@ def save_gif(
     a caption that differs per frame (e.g. the step number) keeps every frame, so the file has ``len(frames)``
     frames. GIF timing has a 10 ms resolution.
     """
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     if not frames:
         raise ValueError("`frames` is empty: nothing to write")
-    images = []
-    for k, frame in enumerate(frames):
-        image = Image.fromarray(np.asarray(frame, dtype=np.uint8)[..., :3], mode="RGB")
-        if captions is not None:
-            draw = ImageDraw.Draw(image)
-            left, top, right, bottom = draw.textbbox((4, 3), captions[k])
-            draw.rectangle((0, 0, right + 4, bottom + 3), fill=(255, 255, 255))
-            draw.text((4, 3), captions[k], fill=(0, 0, 0))
-        images.append(image)
+    images = [Image.fromarray(_captioned(frame, captions[k] if captions is not None else None), mode="RGB")
+              for k, frame in enumerate(frames)]
     duration_ms = max(10, int(round(frame_duration_s * 100)) * 10)
     images[0].save(path, save_all=True, append_images=images[1:], duration=duration_ms, loop=0)
     return path
+
+
+def resize_frames(frames: Sequence[np.ndarray], scale: float) -> list[np.ndarray]:
+    """The rgb frames resized by ``scale`` (Pillow's area-averaging filter), e.g. for small GIFs; captions are drawn
+    afterwards, so their text keeps its size."""
+    from PIL import Image
+
+    if scale == 1.0:
+        return list(frames)
+    out = []
+    for frame in frames:
+        image = Image.fromarray(np.asarray(frame, dtype=np.uint8)[..., :3], mode="RGB")
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        out.append(np.asarray(image.resize(size, Image.Resampling.BOX)))
+    return out
+
+
+def _captioned(frame: np.ndarray, caption: str | None) -> np.ndarray:
+    """The rgb frame ([H, W, 3] uint8) with ``caption`` drawn in its top-left corner on a white box (Pillow)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(np.asarray(frame, dtype=np.uint8)[..., :3], mode="RGB")
+    if caption:
+        draw = ImageDraw.Draw(image)
+        _, _, right, bottom = draw.textbbox((4, 3), caption)
+        draw.rectangle((0, 0, right + 4, bottom + 3), fill=(255, 255, 255))
+        draw.text((4, 3), caption, fill=(0, 0, 0))
+    return np.asarray(image)
+
+
+def side_by_side(
+    panels: Sequence[tuple[Sequence[np.ndarray], Sequence[str]]], *, gap: int = 4
+) -> list[np.ndarray]:
+    """One GIF's frames showing several games next to each other (e.g. a random agent beside the trained one).
+
+    ``panels``: per game, its rgb frames and one caption per frame (drawn on that panel). Frame ``k`` of the result
+    holds frame ``k`` of every game, left to right with ``gap`` white pixels between them; a game that ended earlier
+    shows its last frame (and caption) until the longest one ends, so each game's end stays visible. Panels of
+    different heights are padded with white at the bottom.
+    """
+    if not panels or any(len(frames) == 0 for frames, _ in panels):
+        raise ValueError("`panels` must hold at least one game, each with at least one frame")
+    length = max(len(frames) for frames, _ in panels)
+    height = max(np.asarray(frames[0]).shape[0] for frames, _ in panels)
+    out = []
+    for k in range(length):
+        parts = []
+        for i, (frames, captions) in enumerate(panels):
+            j = min(k, len(frames) - 1)
+            image = _captioned(frames[j], captions[j] if captions else None)
+            if image.shape[0] < height:
+                image = np.pad(image, ((0, height - image.shape[0]), (0, 0), (0, 0)), constant_values=255)
+            if i:
+                parts.append(np.full((height, gap, 3), 255, dtype=np.uint8))
+            parts.append(image)
+        out.append(np.concatenate(parts, axis=1))
+    return out
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -196,10 +246,11 @@ def plot_summary(
     return path
 
 
-def gif_captions(trace: GameTrace) -> list[str]:
-    """One caption per frame of a rendered game: step number, return so far, and the action just played."""
+def gif_captions(trace: GameTrace, prefix: str = "") -> list[str]:
+    """One caption per frame of a rendered game: ``prefix`` (e.g. the agent's name), step number, return so far, and
+    the action just played."""
     returns = np.concatenate([[0.0], trace.returns_so_far()])
-    captions = [f"step 0  return {returns[0]:g}"]
+    captions = [f"{prefix}step 0  return {returns[0]:g}"]
     for t in range(trace.length):
-        captions.append(f"step {t + 1}  return {returns[t + 1]:g}  action {int(trace.actions[t])}")
+        captions.append(f"{prefix}step {t + 1}  return {returns[t + 1]:g}  action {int(trace.actions[t])}")
     return captions

@@ -181,6 +181,57 @@ def test_single_game_gif_is_named_as_asked_and_only_prior_runs(experiment, tmp_p
         assert gif.n_frames == summary["lengths"][0] + 1
 
 
+def test_random_agent_beside_the_trained_one_in_one_small_gif(experiment, tmp_path):
+    """--beside-random: each GIF holds the random game (same reset seed) left and the checkpoint's right, as long
+    as the longer game; --gif-every 2 keeps every second frame and the last, --gif-scale 0.5 halves each panel."""
+    from PIL import Image
+
+    _, _, trial = experiment
+    code, stdout, stderr = run_cli(["evaluate", str(trial / "checkpoint_000002"), "--save-gif-as", "pair",
+                                    "--beside-random", "--gif-every", "2", "--gif-scale", "0.5",
+                                    "--max-steps", "9", "--output-dir", str(tmp_path)])
+    assert code == 0, stderr
+    (summary,) = json.loads((tmp_path / "summary.json").read_text())
+    trained = summary["lengths"][0]
+    with Image.open(tmp_path / "pair.gif") as gif:
+        assert gif.size == (300 + 4 + 300, 200)  # two 600x400 CartPole frames at half size, a 4-pixel gap
+        frames = gif.n_frames
+        assert gif.info["duration"] == 40  # CartPole's 50 fps, every second frame: 2 x 20 ms
+    # Frames 0, 2, 4, ... of the longer game (length + 1 frames) and its last one.
+    assert frames in {len(set(range(0, n + 1, 2)) | {n}) for n in range(trained, 10)}
+
+
+def test_random_agent_acts_uniformly_without_the_network(experiment):
+    algo, _, _ = experiment
+    result = evaluate(algo, mode="random", num_games=6, max_steps=30, seed=3)
+    actions = np.concatenate([g.actions for g in result.games])
+    assert set(actions.tolist()) == {0, 1} and 0.25 < actions.mean() < 0.75
+    for game in result.games:
+        np.testing.assert_array_equal(game.policies, np.full((game.length, 2), 0.5))
+        assert np.isnan(game.network_values).all() and np.isnan(game.predicted_rewards).all()
+    again = evaluate(algo, mode="random", num_games=6, max_steps=30, seed=3)  # seeded: the same games
+    assert [g.actions.tolist() for g in again.games] == [g.actions.tolist() for g in result.games]
+    assert result.num_simulations == 0
+    with pytest.raises(EvaluationError, match="--random-agent"):
+        evaluate(algo, mode="random", num_simulations=3)
+
+
+def test_random_agent_keeps_to_the_legal_actions(experiment):
+    from rllib_muzero.play import _plan_at_random
+
+    class MaskedPolicy:
+        action_space = gym.spaces.Discrete(3)
+
+        @staticmethod
+        def split_observations(obs):
+            return obs, np.array([[True, False, True], [False, False, False], [True, True, True]])
+
+    plans = _plan_at_random(MaskedPolicy(), np.zeros((3, 1)), np.random.default_rng(0))
+    assert plans[0][0].action == 1 and plans[0][0].policy.tolist() == [0.0, 1.0, 0.0]
+    assert plans[1][0].policy.tolist() == pytest.approx([1 / 3] * 3)
+    assert plans[2][0].policy.tolist() == pytest.approx([1 / 3] * 3)  # no legal action: all, as the search
+
+
 def first_observation(seed):
     env = gym.make("CartPole-v1")
     obs, _ = env.reset(seed=seed)
@@ -325,6 +376,11 @@ def test_conflicting_and_incomplete_options(experiment):
     assert_user_error(["evaluate", ckpt, "--include-policy"], "--plot-summary")
     assert_user_error(["evaluate", ckpt, "--eval-temperatures", "-1"], "--eval-temperatures")
     assert_user_error(["evaluate", ckpt, "--env-config", "{bad"], "--env-config is not valid JSON")
+    assert_user_error(["evaluate", ckpt, "--random-agent", "--only-prior"], "--only-prior and --random-agent")
+    assert_user_error(["evaluate", ckpt, "--beside-random"], "--beside-random", "--save-gif-as")
+    assert_user_error(["evaluate", ckpt, "--save-gif-as", "x", "--gif-every", "0"], "--gif-every", ">= 1")
+    assert_user_error(["evaluate", ckpt, "--save-gif-as", "x", "--gif-scale", "0"], "--gif-scale", "(0, 4]")
+    assert_user_error(["evaluate", ckpt, "--gif-scale", "0.5"], "--gif-scale", "--save-gif-as")
 
 
 class NoRenderCartPole(gym.Wrapper):

@@ -13,6 +13,12 @@ Printed: one progress line per evaluation (env steps, learner updates, training 
 end, one table row per seed. With ``csv_path`` every evaluation is also appended to a CSV file as it happens
 (columns :data:`CSV_COLUMNS`), so a long run that is stopped early still leaves its curve behind.
 
+Resuming (``checkpoint_dir``): after every evaluation the seed's algorithm is saved (weights, optimizer, replay,
+counters) and the loop's own state committed beside it (:class:`SeedCheckpoints`); a later run with the same
+directory restores the latest checkpoint and goes on from that evaluation, saying so. The best evaluation's
+checkpoint is kept too (the agent to show). The curve's rows after the last committed evaluation are dropped on
+resume (:func:`trim_curve`), so an interrupted run and its resumed part make one curve without duplicates.
+
 The caller initialises Ray (:func:`init_ray`); :func:`run_benchmark` itself only builds and stops algorithms.
 """
 
@@ -22,6 +28,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -62,6 +69,76 @@ def creator_eval_env(**env_config_overrides: Any) -> EvalEnvFactory:
     return factory
 
 
+class SeedCheckpoints:
+    """The checkpoints of one seed's run, so an interrupted long run resumes where it was.
+
+    Layout of ``directory``: ``ckpt-<env steps>/`` directories (``algo.save``: weights, optimizer, replay, counters)
+    and ``progress.json``, the commit point: written atomically (a temporary file, then ``os.replace``) only after
+    the checkpoint it names is complete. It holds the loop's state at that evaluation and the names of the latest
+    and the best checkpoint. A crash at any instant therefore leaves ``progress.json`` naming complete checkpoints
+    (or no ``progress.json``: a fresh start); directories it does not name are leftovers of an interrupted save,
+    removed at the next commit. Two checkpoints at most stay on disk (latest and best).
+    """
+
+    def __init__(self, directory: str):
+        self.directory = os.path.abspath(directory)
+        self.progress_path = os.path.join(self.directory, "progress.json")
+
+    def load(self) -> dict | None:
+        """The committed progress (``{"state", "latest", "best"}``), or None when nothing was committed."""
+        if not os.path.exists(self.progress_path):
+            return None
+        with open(self.progress_path, encoding="utf-8") as f:
+            progress = json.load(f)
+        for key in ("latest", "best"):
+            if progress.get(key) and not os.path.isdir(self.path(progress[key])):
+                raise FileNotFoundError(f"{self.progress_path} names the checkpoint {progress[key]!r}, which is "
+                                        "missing: remove the directory to start this seed over")
+        return progress
+
+    def path(self, name: str) -> str:
+        return os.path.join(self.directory, name)
+
+    def commit(self, algo: Any, state: Mapping[str, Any], *, improved: bool) -> str:
+        """Saves ``algo`` after an evaluation and commits ``state`` with it; ``improved``: the best evaluation so far
+        (its checkpoint is kept as ``best``). Returns the checkpoint's path."""
+        os.makedirs(self.directory, exist_ok=True)
+        previous = self.load() or {}
+        name = f"ckpt-{int(state['env_steps']):09d}"
+        algo.save(self.path(name))
+        progress = {"state": dict(state), "latest": name, "best": name if improved else previous.get("best")}
+        tmp = self.progress_path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(progress, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.progress_path)
+        keep = {progress["latest"], progress["best"]}
+        for entry in os.listdir(self.directory):
+            if entry.startswith("ckpt-") and entry not in keep:
+                shutil.rmtree(self.path(entry), ignore_errors=True)
+        return self.path(name)
+
+
+def trim_curve(path: str, seed: int, env_steps: int) -> int:
+    """Drops the CSV rows of ``seed`` past ``env_steps`` (evaluations whose checkpoint was never committed), keeping
+    every other row; returns how many were dropped. Rows are matched on the ``seed`` and ``env_steps`` columns."""
+    if not os.path.exists(path):
+        return 0
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        fields, rows = reader.fieldnames, list(reader)
+    kept = [r for r in rows if not (int(r["seed"]) == seed and r.get("env_steps") and int(r["env_steps"]) > env_steps)]
+    if len(kept) != len(rows) and fields:
+        tmp = path + ".tmp"
+        with open(tmp, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(kept)
+        os.replace(tmp, path)
+    return len(rows) - len(kept)
+
+
 def run_seed(
     seed: int,
     *,
@@ -76,12 +153,16 @@ def run_seed(
     eval_max_steps: int | None = None,
     on_eval: Callable[[dict], None] | None = None,
     stop_at_target: bool = True,
+    checkpoint_dir: str | None = None,
 ) -> dict:
     """Trains one seed until the target, ``max_env_steps`` or ``max_minutes``; returns its table row (a dict).
 
     With ``stop_at_target=False`` the seed trains on to the budget after reaching the target (whole learning curves);
     ``reached`` then says whether any evaluation reached it, and ``steps_to_target`` (in every row: the env steps of
-    the first evaluation that reached the target, or None) where.
+    the first evaluation that reached the target, or None) where. With ``checkpoint_dir`` the seed is saved after
+    every evaluation and resumes from its last committed evaluation if the directory has one
+    (:class:`SeedCheckpoints`; the caller trims the curve with :func:`trim_curve`). The training and evaluation
+    seconds of a resumed seed add up over its parts.
     """
     (name, spec), = load_experiments(example).items()
     config_dict = build_param_space(name, spec, {**(overrides or {}), "seed": seed})
@@ -93,7 +174,20 @@ def run_seed(
     best = -np.inf
     reached = False
     steps_to_target = None
+    checkpoints = SeedCheckpoints(checkpoint_dir) if checkpoint_dir else None
+    progress = checkpoints.load() if checkpoints else None
+    if progress is not None:
+        path = checkpoints.path(progress["latest"])
+        algo.restore(path)
+        state = progress["state"]
+        train_time, eval_time, env_steps = state["train_s"], state["eval_s"], state["env_steps"]
+        next_eval, reached, steps_to_target = state["next_eval"], state["reached"], state["steps_to_target"]
+        best = state["best"] if state["best"] is not None else -np.inf
+        print(f"  seed {seed}: resuming from {path}: {env_steps:,} env steps, {train_time:.0f} s of training, "
+              f"best greedy mean {best:.1f}", flush=True)
     try:
+        if reached and stop_at_target:
+            max_env_steps = env_steps  # it had stopped at the target: nothing left to train
         while env_steps < max_env_steps and train_time < max_minutes * 60:
             t0 = time.perf_counter()
             result = algo.train()
@@ -107,6 +201,7 @@ def run_seed(
                                      max_steps=eval_max_steps)
                 eval_time += time.perf_counter() - t0
                 mean = float(returns.mean())
+                improved = mean > best
                 best = max(best, mean)
                 updates = algo.get_policy().num_grad_updates
                 reached = reached or mean >= target
@@ -119,6 +214,10 @@ def run_seed(
                              "eval_s": eval_time, "games": eval_games, "greedy_mean": mean,
                              "greedy_min": float(returns.min()), "greedy_max": float(returns.max()),
                              "reached": mean >= target})
+                if checkpoints is not None:
+                    checkpoints.commit(algo, {"env_steps": env_steps, "train_s": train_time, "eval_s": eval_time,
+                                              "next_eval": next_eval, "reached": reached,
+                                              "steps_to_target": steps_to_target, "best": best}, improved=improved)
                 if reached and stop_at_target:
                     break
         return {"seed": seed, "reached": reached, "env_steps": env_steps,
@@ -166,18 +265,29 @@ def run_benchmark(
     overrides: Mapping[str, Any] | str | None = None,
     eval_max_steps: int | None = None,
     csv_path: str | None = None,
+    checkpoint_dir: str | None = None,
 ) -> list[dict]:
     """Runs :func:`run_seed` for every seed (Ray must be initialised), prints the table, returns its rows.
 
-    ``overrides`` is a dict or the JSON text of ``--config``; ``csv_path`` appends the evaluation rows there.
+    ``overrides`` is a dict or the JSON text of ``--config``; ``csv_path`` appends the evaluation rows there;
+    ``checkpoint_dir``: seed ``s`` is saved in (and resumed from) ``checkpoint_dir/seed<s>``.
     """
     if isinstance(overrides, str):
         overrides = json.loads(overrides)
+    seed_dirs = {seed: os.path.join(checkpoint_dir, f"seed{seed}") if checkpoint_dir else None for seed in seeds}
+    for seed, directory in seed_dirs.items():
+        progress = SeedCheckpoints(directory).load() if directory else None
+        if progress is not None and csv_path:
+            dropped = trim_curve(csv_path, seed, progress["state"]["env_steps"])
+            print(f"seed {seed}: resuming from {directory} ({progress['state']['env_steps']:,} env steps); "
+                  f"{csv_path}: kept its rows up to there" + (f", dropped {dropped} after" if dropped else ""),
+                  flush=True)
     writer = _CurveWriter(csv_path) if csv_path else None
     try:
         rows = [run_seed(seed, example=example, eval_env=eval_env, target=target, eval_games=eval_games,
                          eval_every=eval_every, max_env_steps=max_env_steps, max_minutes=max_minutes,
-                         overrides=overrides, eval_max_steps=eval_max_steps, on_eval=writer)
+                         overrides=overrides, eval_max_steps=eval_max_steps, on_eval=writer,
+                         checkpoint_dir=seed_dirs[seed])
                 for seed in seeds]
     finally:
         if writer is not None:
@@ -223,6 +333,11 @@ def long_run_parser(doc: str, *, example: str, target: float, eval_games: int, e
     parser.add_argument("--num-cpus", type=int, default=None, help="CPUs given to Ray (default: all cores)")
     parser.add_argument("--torch-threads", type=int, default=1, help="torch threads of the driver (default: 1)")
     parser.add_argument("--csv", metavar="PATH", help="append every evaluation (the curve) to this CSV file")
+    default_dir = os.path.join("runs", os.path.splitext(os.path.basename(example))[0])
+    parser.add_argument("--checkpoint-dir", default=default_dir,
+                        help="save each seed after every evaluation in DIR/seed<N> and resume from there when the "
+                             "command is run again (default: %(default)s; git-ignored)")
+    parser.add_argument("--no-checkpoints", action="store_true", help="no checkpoints, no resume")
     return parser
 
 
@@ -241,6 +356,7 @@ def long_run_main(args: argparse.Namespace, eval_env: EvalEnvFactory,
         return run_benchmark(example=args.example, eval_env=eval_env, target=args.target, eval_games=args.eval_games,
                              eval_every=args.eval_every, max_env_steps=args.max_env_steps,
                              max_minutes=args.max_minutes, seeds=args.seeds, overrides=overrides,
-                             eval_max_steps=args.eval_max_steps, csv_path=args.csv)
+                             eval_max_steps=args.eval_max_steps, csv_path=args.csv,
+                             checkpoint_dir=None if args.no_checkpoints else args.checkpoint_dir)
     finally:
         ray.shutdown()

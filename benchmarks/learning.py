@@ -29,11 +29,18 @@ Outputs, in --out (default docs/learning/), named <env>-<label> (--label, defaul
 - <env>-<label>.csv: one row per evaluation as it happens (status "eval": seed, env_steps, updates, train_s, eval_s,
   games, greedy_mean, greedy_min, greedy_max, reached), and one final row per seed (status "done" with the seed's
   final counters, reached = any evaluation reached the target and note = why it stopped; or status "failed" with
-  the error in note). --resume skips the seeds that have a final "done" row and reruns the others.
+  the error in note). --resume skips the seeds that have a final "done" row and continues the others from their
+  last checkpoint (below), or reruns them from the start where they have none.
 - <env>-<label>.png: the median greedy mean over seeds against env steps, with the min-max band over seeds, each
   seed faintly, the target dashed and uniform random play dotted. A seed that stopped at the target is carried
   forward at its last evaluation (the caption says how many).
 - <env>-<label>.json: the settings of the run (checked by --resume) and random play's mean return.
+
+Checkpoints (for long runs; --no-checkpoints turns them off): each seed is saved after every evaluation in
+--checkpoint-dir/<env>-<label>/seed<N> (default runs/learning/..., git-ignored; the latest and the best evaluation's
+checkpoint are kept). An interrupted seed (killed, machine gone) is continued by --resume from its last saved
+evaluation, its curve rows past that point dropped; the seed's env steps and training seconds add up over the parts.
+The best checkpoint is the agent to look at: rllib-muzero evaluate runs/learning/<env>-<label>/seed<N>/ckpt-...
 
 Printed at the end: success rate (seeds that reached the target within the budget), median and worst env steps to
 the target (a seed that did not reach it counts as infinitely slow, so "not reached" as soon as one seed fails for
@@ -53,6 +60,7 @@ import multiprocessing as mp
 import os
 import queue as queue_module
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,6 +79,7 @@ if HERE not in sys.path:  # spawned workers import this module by name
 ROOT = os.path.normpath(os.path.join(HERE, ".."))
 EXAMPLES = os.path.join(ROOT, "tuned_examples")
 DEFAULT_OUT = os.path.join(ROOT, "docs", "learning")
+DEFAULT_CHECKPOINTS = os.path.join(ROOT, "runs", "learning")
 CSV_COLUMNS = ("seed", "status", "env_steps", "updates", "train_s", "eval_s", "games", "greedy_mean", "greedy_min",
                "greedy_max", "reached", "note")
 RANDOM_SEED_BASE = 20_000  # reset seeds of the random-play baseline games
@@ -388,6 +397,8 @@ def _worker(seed: int, job: dict, messages: Any) -> None:
                            eval_every=job["eval_every"], max_env_steps=job["max_env_steps"],
                            max_minutes=job["max_minutes"], overrides=job["overrides"],
                            eval_max_steps=job["eval_max_steps"], stop_at_target=not job["full_curve"],
+                           checkpoint_dir=os.path.join(job["checkpoint_dir"], f"seed{seed}")
+                           if job["checkpoint_dir"] else None,
                            on_eval=lambda r: messages.put(("eval", seed, r)))
         finally:
             ray.shutdown()
@@ -585,6 +596,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true",
                         help="continue the files of this env and label: seeds with a final row are not rerun")
     parser.add_argument("--overwrite", action="store_true", help="replace existing files of this env and label")
+    parser.add_argument("--checkpoint-dir", default=DEFAULT_CHECKPOINTS,
+                        help="where each seed is saved after every evaluation, as <env>-<label>/seed<N> (default: "
+                             "runs/learning, git-ignored); --resume continues interrupted seeds from there")
+    parser.add_argument("--no-checkpoints", action="store_true", help="save nothing (an interrupted seed reruns)")
     return parser
 
 
@@ -654,18 +669,39 @@ def main(argv: Sequence[str] | None = None) -> dict:
             build_param_space(name, experiment, {**overrides, "seed": 0})
         except UserError as error:
             parser.error(str(error))
+    checkpoint_root = None if args.no_checkpoints else os.path.join(args.checkpoint_dir, f"{args.env}-{label}")
     if args.overwrite:
         for path in (csv_path, png_path, json_path):
             if os.path.exists(path):
                 os.remove(path)
+        if checkpoint_root and os.path.isdir(checkpoint_root):
+            shutil.rmtree(checkpoint_root)
+    elif not args.resume and checkpoint_root and os.path.isdir(checkpoint_root) and os.listdir(checkpoint_root):
+        parser.error(f"{checkpoint_root} holds checkpoints of an earlier run: --resume continues it, --overwrite "
+                     "starts over")
     if args.resume:
+        from _target_return import SeedCheckpoints
+
         skipped = [s for s in seeds if s in complete]
-        rerun = sorted({s for s in to_run if any(r.seed == s for r in previous)})
+        saved = {s: SeedCheckpoints(os.path.join(checkpoint_root, f"seed{s}")).load() if checkpoint_root else None
+                 for s in to_run}
+        continued = sorted(s for s in to_run if saved[s] is not None)
+        rerun = sorted({s for s in to_run if any(r.seed == s for r in previous)} - set(continued))
         print(f"resuming {csv_path}: seed(s) {' '.join(map(str, skipped)) or 'none'} already complete, not rerun"
-              + (f"; rerunning {' '.join(map(str, rerun))} (failed or interrupted: their rows are replaced)"
-                 if rerun else ""), flush=True)
-        if rerun:
-            _write_rows(csv_path, [r for r in rows if int(r["seed"]) not in rerun])
+              + "".join(f"; seed {s} continues from its checkpoint at {saved[s]['state']['env_steps']:,} env steps"
+                        for s in continued)
+              + (f"; rerunning {' '.join(map(str, rerun))} (failed or interrupted without a checkpoint: their rows "
+                 "are replaced)" if rerun else ""), flush=True)
+        if rerun or continued:
+            def kept(r: Mapping[str, Any]) -> bool:
+                seed = int(r["seed"])
+                if seed in rerun:
+                    return False
+                if seed in continued:  # its evaluations up to the checkpoint, no final row
+                    return r["status"] == "eval" and int(r["env_steps"]) <= saved[seed]["state"]["env_steps"]
+                return True
+
+            _write_rows(csv_path, [r for r in rows if kept(r)])
 
     if "random_mean" in meta:
         random_mean = meta["random_mean"]
@@ -680,7 +716,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
 
-    job = {**settings, "example": example, "cpus_per_job": args.cpus_per_job}
+    job = {**settings, "example": example, "cpus_per_job": args.cpus_per_job, "checkpoint_dir": checkpoint_root}
     if to_run:
         print(f"{args.env} / {label}: training seed(s) {' '.join(map(str, to_run))}, {min(args.jobs, len(to_run))} "
               f"at a time, budget {settings['max_env_steps']:,} env steps / {settings['max_minutes']:g} min each"

@@ -9,6 +9,7 @@ The benchmark scripts import ``_target_return`` from their own folder (``python 
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -283,7 +284,9 @@ LEARNING_SMOKE = ["--env", "cartpole", "--seeds", "0", "--jobs", "1", "--label",
 
 @pytest.mark.integration
 def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp_path, capsys):
-    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), *LEARNING_SMOKE, "--out", str(tmp_path)]
+    runs = str(tmp_path / "runs")
+    command = [sys.executable, str(ROOT / "benchmarks" / "learning.py"), *LEARNING_SMOKE, "--out", str(tmp_path),
+               "--checkpoint-dir", runs]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -303,7 +306,7 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
 
     # Without --resume the files are not touched; with it the complete seed is not rerun (in-process: nothing to
     # train, so no Ray either), and other settings are refused.
-    argv = [*LEARNING_SMOKE, "--out", str(tmp_path)]
+    argv = [*LEARNING_SMOKE, "--out", str(tmp_path), "--checkpoint-dir", runs]
     with pytest.raises(SystemExit) as refused:
         learning.main(argv)
     assert refused.value.code == 2 and "--resume continues it" in capsys.readouterr().err
@@ -315,3 +318,83 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     with pytest.raises(SystemExit):
         learning.main([*argv, "--resume", "--max-env-steps", "300"])
     assert "max_env_steps 200 there, 300 now" in capsys.readouterr().err
+
+    # Interrupted after its last saved evaluation (no final row) and during an evaluation it never saved (a row at
+    # 300): --resume continues seed 0 from its checkpoint (200 env steps: the budget, so it ends at once), keeps the
+    # saved evaluations' rows, drops the unsaved one and writes the final row.
+    progress = json.loads((tmp_path / "runs" / "cartpole-smoke" / "seed0" / "progress.json").read_text())
+    assert progress["state"]["env_steps"] == 200 and progress["latest"] == "ckpt-000000200"
+    with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    learning._write_rows(str(tmp_path / "cartpole-smoke.csv"), [*rows[:2], {**rows[1], "env_steps": "300"}])
+    report = learning.main([*argv, "--resume"])
+    assert "seed 0 continues from its checkpoint at 200 env steps" in capsys.readouterr().out
+    with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["status"], r["env_steps"]) for r in rows] == [("eval", "100"), ("eval", "200"), ("done", "200")]
+
+
+class _SavingAlgo:
+    """Stands in for an Algorithm in the checkpoint bookkeeping: ``save`` writes a directory (or fails)."""
+
+    def __init__(self):
+        self.fail = False
+
+    def save(self, path):
+        if self.fail:
+            raise OSError("disk full")
+        os.makedirs(path)
+        Path(path, "state").write_text("complete")
+
+
+def test_seed_checkpoints_commit_after_the_save_and_keep_the_latest_and_the_best(tmp_path):
+    checkpoints = _target_return.SeedCheckpoints(str(tmp_path / "seed0"))
+    algo = _SavingAlgo()
+    assert checkpoints.load() is None  # nothing committed: a fresh start
+    checkpoints.commit(algo, {"env_steps": 100, "best": 5.0}, improved=True)
+    checkpoints.commit(algo, {"env_steps": 200, "best": 5.0}, improved=False)
+    assert checkpoints.load() == {"state": {"env_steps": 200, "best": 5.0}, "latest": "ckpt-000000200",
+                                  "best": "ckpt-000000100"}
+    # A save that dies half way (its directory written, progress not) leaves the last commit in force; the next
+    # commit removes the leftover, and checkpoints neither latest nor best.
+    os.makedirs(tmp_path / "seed0" / "ckpt-000000300")
+    algo.fail = True
+    with pytest.raises(OSError):
+        checkpoints.commit(algo, {"env_steps": 350, "best": 9.0}, improved=True)
+    assert checkpoints.load()["latest"] == "ckpt-000000200"
+    algo.fail = False
+    checkpoints.commit(algo, {"env_steps": 400, "best": 9.0}, improved=True)
+    assert sorted(os.listdir(tmp_path / "seed0")) == ["ckpt-000000400", "progress.json"]
+    shutil.rmtree(tmp_path / "seed0" / "ckpt-000000400")
+    with pytest.raises(FileNotFoundError, match="ckpt-000000400.*missing"):
+        checkpoints.load()
+
+
+def test_trim_curve_drops_only_the_seeds_rows_past_the_checkpoint(tmp_path):
+    path = tmp_path / "curve.csv"
+    rows = [{"seed": s, "env_steps": e} for s, e in [(0, 100), (1, 300), (0, 200), (0, 300)]]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["seed", "env_steps"])
+        writer.writeheader()
+        writer.writerows(rows)
+    assert _target_return.trim_curve(str(path), 0, 200) == 1
+    with open(path, newline="") as f:
+        assert [(r["seed"], r["env_steps"]) for r in csv.DictReader(f)] == [("0", "100"), ("1", "300"), ("0", "200")]
+    assert _target_return.trim_curve(str(tmp_path / "none.csv"), 0, 0) == 0
+
+
+@pytest.mark.integration
+def test_a_seed_resumes_from_its_checkpoint_with_its_counters(ray_session, _one_torch_thread, tmp_path, capsys):
+    """Two parts of one seed: the second restores the first's last evaluation (weights, replay, counters) and
+    trains on; env steps, updates and training seconds add up."""
+    common = dict(example=_target_return.example_path("cartpole-muzero.yaml"),
+                  eval_env=lambda config: lambda: gym.make("CartPole-v1"), target=1e9, eval_games=1, eval_every=100,
+                  max_minutes=5, overrides=TINY, eval_max_steps=3, checkpoint_dir=str(tmp_path / "seed0"))
+    first_curve, second_curve = [], []
+    first = _target_return.run_seed(0, max_env_steps=200, on_eval=first_curve.append, **common)
+    second = _target_return.run_seed(0, max_env_steps=300, on_eval=second_curve.append, **common)
+    out = capsys.readouterr().out
+    assert f"seed 0: resuming from {tmp_path / 'seed0' / 'ckpt-000000200'}: 200 env steps" in out
+    assert [r["env_steps"] for r in first_curve] == [100, 200] and [r["env_steps"] for r in second_curve] == [300]
+    assert second["env_steps"] == 300 and second["updates"] > first["updates"] > 0
+    assert second["train_s"] > first["train_s"] and second_curve[0]["updates"] == second["updates"]

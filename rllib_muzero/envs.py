@@ -484,6 +484,8 @@ class MuZeroEnvCreator:
             _register_ale_envs()
             max_steps = options.pop("max_episode_steps", None)
             env = gym.make(self.gym_id, max_episode_steps=max_steps, **{**self.gym_kwargs, **rest})
+            if self.gym_id.split("/")[-1] in UNDERSTATED_BOUNDS:
+                env = UnboundedObservations(env)
         else:
             env = self.base_creator(env_context.copy_with_overrides(env_config=rest))
         return wrap_env(env, options, env_name=str(self.env_specifier))
@@ -566,6 +568,32 @@ def _normalise_states(env: gym.Env, state_range: Any, name: str) -> gym.Env:
     low, high = (float(v) for v in state_range)
     space = gym.spaces.Box(0.0, 1.0, shape=env.observation_space.shape, dtype=np.float32)
     return TransformObservation(env, functools.partial(_normalise, low=low, high=high), space)
+
+
+UNDERSTATED_BOUNDS = frozenset({"LunarLander-v3"})
+"""Gymnasium ids whose observations leave their declared Box (LunarLander's lander flies above y = 2.5): built by
+:class:`MuZeroEnvCreator` with :class:`UnboundedObservations`."""
+
+
+class UnboundedObservations(gym.ObservationWrapper):
+    """Declares the env's Box observation space without bounds (same shape and dtype); observations are unchanged.
+
+    Why: RLlib's old-stack preprocessor checks every 100th observation against the declared space and raises when
+    one is outside it, which kills the env runner (RLlib then restarts it, losing its episodes in flight). Some envs
+    declare bounds their observations exceed: gymnasium's LunarLander-v3 declares |x|, |y| <= 2.5 and a lander that
+    flies up passes y = 3.6. Clipping would hide where the lander is; MuZero's networks need no bounds, so the space
+    is widened instead.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        box = env.observation_space
+        if not isinstance(box, gym.spaces.Box):
+            raise ValueError(f"UnboundedObservations needs a Box observation space, got {box}")
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=box.shape, dtype=box.dtype)
+
+    def observation(self, observation: Any) -> Any:
+        return observation
 
 
 class RepeatAction(gym.Wrapper):

@@ -489,6 +489,29 @@ def test_lunarlander_v2_builds_v3():
     env.close()
 
 
+def test_lunarlander_observations_above_the_declared_bounds_pass_rllibs_check():
+    """LunarLander-v3 declares |y| <= 2.5, yet a lander that flies up reports y = 3.6 (seen in training: RLlib's
+    preprocessor raised on it and killed the env runner). The creator declares the space unbounded, values as is."""
+    pytest.importorskip("Box2D", reason="LunarLander needs Box2D: pip install box2d==2.3.10 pygame")
+    from ray.rllib.models.preprocessors import get_preprocessor
+
+    from rllib_muzero.envs import UnboundedObservations
+
+    seen = np.array([0.33, 3.62, 1.84, 1.51, -0.82, -0.25, 0.0, 0.0], dtype=np.float32)  # from the crash
+    declared = gym.make("LunarLander-v3").observation_space
+    assert not declared.contains(seen)
+    _, creator = make_env_creator("LunarLander-v2", None)
+    env = creator({})
+    assert isinstance(env, UnboundedObservations) and env.observation_space.contains(seen)
+    preprocessor = get_preprocessor(env.observation_space)(env.observation_space)
+    for _ in range(101):  # RLlib checks every 100th observation
+        np.testing.assert_array_equal(preprocessor.transform(seen), seen)
+    obs, _ = env.reset(seed=3)
+    raw, _ = gym.make("LunarLander-v3").reset(seed=3)
+    np.testing.assert_array_equal(obs, raw)  # the observations themselves are untouched
+    env.close()
+
+
 def test_is_ale_env_id():
     assert is_ale_env_id("CartPole-v1") is False
     assert is_ale_env_id("NoSuchEnv-v0") is None

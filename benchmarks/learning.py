@@ -12,6 +12,11 @@ Environments (--env): name -> tuned example, target greedy mean, default env-ste
     acrobot           tuned_examples/acrobot-muzero.yaml           -100    30,000   (every 2,000)
     lunarlander       tuned_examples/lunarlander-muzero.yaml        200   300,000   (every 10,000)
     minatar-breakout  tuned_examples/minatar-breakout-muzero.yaml  none   500,000   (every 25,000; the curve only)
+    pong-ram          tuned_examples/pong-ram-muzero.yaml            18  1,000,000   (every 50,000; 1 whole game)
+    breakout-ram      tuned_examples/breakout-ram-muzero.yaml        30  1,000,000   (every 50,000; 1 whole game)
+
+The Atari games are evaluated on whole games (the example's env_config with episode_life off) and train without the
+example's own RLlib evaluation (evaluation_interval off), as benchmarks/pong_ram.py does.
 
 Each seed is trained by ``run_seed`` of benchmarks/_target_return.py: the example's config with --config and the
 seed merged in, ``algo.train()`` until the budget (--max-env-steps, --max-minutes of training), and every
@@ -96,13 +101,21 @@ class LearningEnv:
     eval_every: int
     eval_games: int = 10
     max_minutes: float = 60.0  # training minutes per seed (evaluation excluded)
+    # The evaluation env: the example's env_config with these changes (Atari: whole games, not one life each).
+    eval_env_config: Mapping[str, Any] = field(default_factory=dict)
+    # Changes to the example's config under every --config (Atari: its own RLlib evaluation off, see pong_ram.py).
+    base_overrides: Mapping[str, Any] = field(default_factory=dict)
 
 
+_ATARI = dict(eval_games=1, eval_env_config={"episode_life": False}, base_overrides={"evaluation_interval": None})
 ENVS: dict[str, LearningEnv] = {
     "cartpole": LearningEnv("cartpole-muzero.yaml", 475.0, 15_000, 1_000, max_minutes=20.0),
     "acrobot": LearningEnv("acrobot-muzero.yaml", -100.0, 30_000, 2_000, max_minutes=40.0),
     "lunarlander": LearningEnv("lunarlander-muzero.yaml", 200.0, 300_000, 10_000, max_minutes=8 * 60.0),
     "minatar-breakout": LearningEnv("minatar-breakout-muzero.yaml", None, 500_000, 25_000, max_minutes=12 * 60.0),
+    "pong-ram": LearningEnv("pong-ram-muzero.yaml", 18.0, 1_000_000, 50_000, max_minutes=24 * 60.0, **_ATARI),
+    "breakout-ram": LearningEnv("breakout-ram-muzero.yaml", 30.0, 1_000_000, 50_000, max_minutes=24 * 60.0,
+                                **_ATARI),
 }
 
 
@@ -392,10 +405,10 @@ def _worker(seed: int, job: dict, messages: Any) -> None:
                  logging_level=logging.WARNING)
         try:
             target = job["target"]
-            row = run_seed(seed, example=job["example"], eval_env=creator_eval_env(),
+            row = run_seed(seed, example=job["example"], eval_env=creator_eval_env(**job["eval_env_config"]),
                            target=math.inf if target is None else target, eval_games=job["eval_games"],
                            eval_every=job["eval_every"], max_env_steps=job["max_env_steps"],
-                           max_minutes=job["max_minutes"], overrides=job["overrides"],
+                           max_minutes=job["max_minutes"], overrides={**job["base_overrides"], **job["overrides"]},
                            eval_max_steps=job["eval_max_steps"], stop_at_target=not job["full_curve"],
                            checkpoint_dir=os.path.join(job["checkpoint_dir"], f"seed{seed}")
                            if job["checkpoint_dir"] else None,
@@ -509,7 +522,8 @@ def run_seeds(seeds: Sequence[int], job: Mapping[str, Any], writer: _CsvAppender
 
 
 # ------------------------------------------------------------------------------------------------------- main
-def random_play_mean(example: str, overrides: Mapping[str, Any], games: int, max_steps: int | None) -> float:
+def random_play_mean(example: str, overrides: Mapping[str, Any], games: int, max_steps: int | None,
+                     eval_env_config: Mapping[str, Any] | None = None) -> float:
     """Mean return of uniformly random actions over ``games`` games of the evaluation env (reset seeds 20000 + i)."""
     from _target_return import creator_eval_env
 
@@ -517,7 +531,7 @@ def random_play_mean(example: str, overrides: Mapping[str, Any], games: int, max
 
     (name, spec), = load_experiments(example).items()
     config = build_param_space(name, spec, dict(overrides))
-    make_env = creator_eval_env()(config)
+    make_env = creator_eval_env(**(eval_env_config or {}))(config)
     rng = np.random.default_rng(0)
     returns = []
     for i in range(games):
@@ -706,7 +720,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if "random_mean" in meta:
         random_mean = meta["random_mean"]
     elif args.random_games > 0:
-        random_mean = random_play_mean(example, overrides, args.random_games, args.eval_max_steps)
+        random_mean = random_play_mean(example, {**spec.base_overrides, **overrides}, args.random_games,
+                                       args.eval_max_steps, spec.eval_env_config)
     else:
         random_mean = None
     meta = {"settings": settings, "random_games": meta.get("random_games", args.random_games),
@@ -716,7 +731,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
 
-    job = {**settings, "example": example, "cpus_per_job": args.cpus_per_job, "checkpoint_dir": checkpoint_root}
+    job = {**settings, "example": example, "cpus_per_job": args.cpus_per_job, "checkpoint_dir": checkpoint_root,
+           "eval_env_config": dict(spec.eval_env_config), "base_overrides": dict(spec.base_overrides)}
     if to_run:
         print(f"{args.env} / {label}: training seed(s) {' '.join(map(str, to_run))}, {min(args.jobs, len(to_run))} "
               f"at a time, budget {settings['max_env_steps']:,} env steps / {settings['max_minutes']:g} min each"

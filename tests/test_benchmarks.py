@@ -248,6 +248,19 @@ def test_curve_grid_carries_seeds_that_stopped_at_the_target_forward():
     np.testing.assert_array_equal(values, np.array(expected))
 
 
+@pytest.mark.parametrize("name", ["pong-ram", "breakout-ram"])
+def test_learning_evaluates_atari_on_whole_games_without_the_examples_own_evaluation(name):
+    spec = learning.ENVS[name]
+    (experiment, body), = load_experiments(_target_return.example_path(spec.example)).items()
+    config = build_param_space(experiment, body, dict(spec.base_overrides))
+    assert config["env_config"]["episode_life"] is True and config["evaluation_interval"] is None
+    env = _target_return.creator_eval_env(**spec.eval_env_config)(config)()
+    try:
+        assert "EpisodicLife" not in _wrappers(env) and spec.eval_games == 1
+    finally:
+        env.close()
+
+
 def test_every_learning_env_has_a_valid_tuned_example():
     for name, spec in learning.ENVS.items():
         if name.startswith("minatar"):
@@ -267,7 +280,7 @@ def test_a_crashing_seed_is_recorded_as_failed_with_its_error(tmp_path):
     writer = learning._CsvAppender(str(path))
     job = {"example": str(tmp_path / "missing.yaml"), "target": 475.0, "overrides": {}, "max_env_steps": 100,
            "max_minutes": 1.0, "eval_every": 100, "eval_games": 1, "eval_max_steps": 1, "full_curve": False,
-           "cpus_per_job": 1}
+           "cpus_per_job": 1, "checkpoint_dir": None, "eval_env_config": {}, "base_overrides": {}}
     try:
         learning.run_seeds([5], job, writer, jobs=1)
     finally:

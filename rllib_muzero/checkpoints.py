@@ -5,6 +5,11 @@ trial / experiment directory, either with checkpoint names or standing for its l
 be MuZero's from their metadata without restoring anything, then restored with RLlib (``Algorithm.from_state`` of
 the checkpoint's state) with no remote env runners and an empty replay, which is all evaluation needs. Every user
 mistake raises :class:`~rllib_muzero.play.EvaluationError` with a one-line message.
+
+Saves are crash-safe (:func:`rllib_muzero.algorithm.replace_checkpoint_dir`): a save killed between its renames can
+leave a checkpoint path empty with the checkpoint in a hidden sibling. Every lookup here first puts such checkpoints
+back (:func:`~rllib_muzero.algorithm.recover_checkpoint_dir`, a rename; nothing is deleted) and never lists the
+hidden siblings themselves.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from rllib_muzero.algorithm import is_interrupted_save, recover_checkpoint_dir, recover_checkpoints_in
 from rllib_muzero.play import EvaluationError
 
 __all__ = ["check_muzero_checkpoint", "find_checkpoints", "is_checkpoint_dir", "latest_checkpoints",
@@ -32,7 +38,8 @@ def _is_checkpoint_dir(path: str) -> bool:
 
 def _subdirs(path: str) -> list[str]:
     try:
-        return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+        return sorted(d for d in os.listdir(path)
+                      if os.path.isdir(os.path.join(path, d)) and not is_interrupted_save(d))
     except OSError:
         return []
 
@@ -83,10 +90,18 @@ def _checkpoint_order(path: str) -> tuple[int, float, str]:
     return (int(match.group(1)) if match else -1, mtime, name)
 
 
+def _recover_under(path: str) -> None:
+    """Puts back the checkpoints of interrupted saves in ``path`` and in its subdirectories (trials)."""
+    recover_checkpoints_in(path)
+    for trial in _subdirs(path):
+        recover_checkpoints_in(os.path.join(path, trial))
+
+
 def latest_checkpoints(path: str) -> list[str]:
     """The latest checkpoint (absolute path) in a Tune trial directory ``path``, or in each trial directory of an
     experiment directory ``path``; ``[]`` when it holds none. Latest means the highest index of Tune's
     ``checkpoint_<index>`` names (the last one saved), by modification time among other names."""
+    _recover_under(path)
     groups = [os.path.join(path, d) for d in _subdirs(path) if _is_checkpoint_dir(os.path.join(path, d))]
     latest = [max(groups, key=_checkpoint_order)] if groups else []
     for trial in _trials(path):
@@ -110,6 +125,7 @@ def find_checkpoints(paths: Sequence[str], names: Sequence[str] | None = None) -
                               "--checkpoints NAME...")
     found: list[str] = []
     for path in paths:
+        path = recover_checkpoint_dir(path)
         if not os.path.exists(path):
             raise EvaluationError(f"no such checkpoint or directory: {path}")
         if names is None:
@@ -125,6 +141,7 @@ def find_checkpoints(paths: Sequence[str], names: Sequence[str] | None = None) -
         if not os.path.isdir(path):
             raise EvaluationError(f"{path} is not a directory: --checkpoints looks up names in a Tune experiment or "
                                   "trial directory")
+        _recover_under(path)
         for name in names:
             wanted = f"checkpoint_{int(name):06d}" if name.isdigit() else name
             direct = os.path.join(path, wanted)
@@ -230,6 +247,7 @@ def load_algorithm(path: str) -> Any:
     from ray.rllib.algorithms.algorithm_config import AlgorithmConfig
     from ray.rllib.utils.checkpoints import get_checkpoint_info
 
+    path = recover_checkpoint_dir(path)
     check_muzero_checkpoint(path)
     try:
         state = Algorithm._checkpoint_info_to_algorithm_state(get_checkpoint_info(path))

@@ -1,4 +1,5 @@
-"""Nothing lost: exact resume in a fresh process, non-finite updates, atomic checkpoints, crashed env runners."""
+"""Nothing lost: exact resume in a fresh process, non-finite updates, atomic checkpoints, crashed env runners, a
+second Ray session in the same process. (The save protocol's every instant: tests/test_saves.py.)"""
 
 import os
 import pickle
@@ -13,6 +14,7 @@ import torch
 from ray.rllib.algorithms.algorithm import Algorithm
 
 from rllib_muzero import columns
+from rllib_muzero.policy import PreStepCopy
 from tests.test_algorithm import tiny_config
 
 pytestmark = pytest.mark.integration
@@ -102,6 +104,128 @@ def test_nonfinite_update_is_skipped_and_weights_untouched(algo):
     # The weights the runners get are the untouched ones.
     for k, v in policy.get_weights().items():
         np.testing.assert_array_equal(v, before[k].numpy())
+
+
+def _state_copy(module_or_optimizer) -> dict:
+    """A deep copy of a module's state_dict, or of an optimizer's per-parameter state (tensors cloned; the learning
+    rate in its param_groups is the policy's to set at every update)."""
+    import copy
+
+    state = module_or_optimizer.state_dict()
+    return copy.deepcopy(state["state"] if isinstance(module_or_optimizer, torch.optim.Optimizer) else state)
+
+
+def _assert_same_state(got, expected, where=""):
+    if isinstance(expected, torch.Tensor):
+        assert isinstance(got, torch.Tensor) and torch.equal(got, expected), where
+    elif isinstance(expected, dict):
+        assert set(got) == set(expected), where
+        for k in expected:
+            _assert_same_state(got[k], expected[k], f"{where}/{k}")
+    elif isinstance(expected, (list, tuple)):
+        assert len(got) == len(expected), where
+        for i, (g, e) in enumerate(zip(got, expected)):
+            _assert_same_state(g, e, f"{where}/{i}")
+    else:
+        assert got == expected, where
+
+
+def _infinite_lr_step(optimizer):
+    """The optimizer's step with ``lr = inf`` (which validation refuses as a config: injected here)."""
+    real_step = optimizer.step
+
+    def step(*args, **kwargs):
+        for group in optimizer.param_groups:
+            group["lr"] = float("inf")
+        return real_step(*args, **kwargs)
+
+    return step
+
+
+@pytest.mark.parametrize("optimizer_class", [torch.optim.AdamW, torch.optim.SGD])
+def test_pre_step_copy_undoes_a_step_exactly(optimizer_class):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    kwargs = {"momentum": 0.9} if optimizer_class is torch.optim.SGD else {}
+    optimizer = optimizer_class(net.parameters(), lr=0.1, **kwargs)
+    copy_ = PreStepCopy()
+
+    def update(lr):
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        copy_.take([net], optimizer)
+        net(torch.randn(8, 3)).pow(2).mean().backward()  # training mode: moves the BatchNorm statistics
+        optimizer.step()
+        return copy_.all_finite([net], optimizer)
+
+    # The very first step creates the optimizer state: undoing it drops that state again.
+    before_net, before_opt = _state_copy(net), _state_copy(optimizer)
+    assert update(float("inf")) is False
+    copy_.restore()
+    _assert_same_state(_state_copy(net), before_net)
+    _assert_same_state(_state_copy(optimizer), before_opt)
+    assert update(0.1) is True
+    # A later step: parameters, BatchNorm statistics and moments / momentum buffers all come back.
+    before_net, before_opt = _state_copy(net), _state_copy(optimizer)
+    assert update(float("inf")) is False
+    assert not all(torch.isfinite(p).all() for p in net.parameters())
+    copy_.restore()
+    _assert_same_state(_state_copy(net), before_net)
+    _assert_same_state(_state_copy(optimizer), before_opt)
+    assert update(0.1) is True  # and training goes on from there
+
+
+def test_an_update_that_makes_the_weights_nonfinite_is_undone_and_counts_nothing(ray_session):
+    """lr = inf in one optimizer step: the loss and gradient are finite, the new weights are not. The update is
+    undone (network, consistency heads with their BatchNorm statistics, optimizer state) and nothing that counts
+    learner updates advances: num_grad_updates (learning-rate warm-up and decay, target-network refresh,
+    temperature schedule), the replay's beta annealing, the trained-steps counters. Then training goes on."""
+    config = tiny_config(consistency_loss_weight=0.5, reanalyse_value=True, target_update_interval=1,
+                         lr_warmup_steps=1000, lr_decay_rate=0.5, lr_decay_steps=10, prioritized_replay_beta=0.4,
+                         beta_increment_per_sampling=0.01, visit_softmax_temperatures=[1.0, 0.5],
+                         visit_softmax_steps=[3])
+    algo = config.build_algo()
+    try:
+        for _ in range(3):
+            algo.train()
+        policy = algo.get_policy()
+        replay = algo.replays["default_policy"]
+        optimizer = policy._optimizers[0]
+        assert policy.num_grad_updates >= 1 and policy.consistency_heads is not None
+        before = {
+            "model": _state_copy(policy.model), "heads": _state_copy(policy.consistency_heads),
+            "target": _state_copy(policy.target_model()), "optimizer": _state_copy(optimizer),
+        }
+        counters = {
+            "updates": policy.num_grad_updates, "target_updated_at": policy._target_updated_at,
+            "lr": policy.current_lr(), "temperature": policy.current_temperature(), "beta": replay.beta,
+            "trained": algo._counters["num_env_steps_trained"],
+        }
+        nonfinite_before = policy.num_nonfinite_updates
+        optimizer.step = _infinite_lr_step(optimizer)
+        try:
+            stats = algo._learn_once("default_policy")["learner_stats"]
+        finally:
+            del optimizer.step
+        assert np.isfinite(stats["total_loss"]) and np.isfinite(stats["grad_gnorm"])  # only the step went wrong
+        assert policy.num_nonfinite_updates == nonfinite_before + 1
+        for name, module in [("model", policy.model), ("heads", policy.consistency_heads),
+                             ("target", policy.target_model()), ("optimizer", optimizer)]:
+            _assert_same_state(_state_copy(module), before[name], name)
+        assert {
+            "updates": policy.num_grad_updates, "target_updated_at": policy._target_updated_at,
+            "lr": policy.current_lr(), "temperature": policy.current_temperature(), "beta": replay.beta,
+            "trained": algo._counters["num_env_steps_trained"],
+        } == counters
+        result = algo.train()
+        assert policy.num_grad_updates > counters["updates"]
+        assert replay.beta > counters["beta"]
+        assert all(torch.isfinite(p).all() for p in policy._trained_parameters())
+        muzero = result["info"]["learner"]["default_policy"]["muzero"]
+        assert muzero["num_nonfinite_updates"] == nonfinite_before + 1
+    finally:
+        algo.stop()
 
 
 def test_a_burst_of_nonfinite_updates_stops_training(ray_session, monkeypatch):
@@ -228,3 +352,35 @@ def test_tune_resume_continues_after_a_crash(ray_session, tmp_path):
     assert [r["training_iteration"] for r in results] == [1, 2, 3, 4, 5]  # 3 re-run from checkpoint 2
     result = results[-1]
     assert result["num_env_steps_sampled_lifetime"] == 5 * 2 * 8  # counters continued from the checkpoint
+
+
+def test_building_again_after_ray_shutdown_and_init_in_the_same_process():
+    """Notebook use: ray.shutdown() drops the session's registrations (models, the "MuZero" trainable); the package
+    registers them again at the next ray.init(), so a second build in the same process works, env runners included.
+    A subprocess: the test run's shared Ray session stays untouched."""
+    script = textwrap.dedent("""
+        import ray, torch
+        from ray.rllib.models import ModelCatalog
+        from ray.tune.registry import TRAINABLE_CLASS, _global_registry
+        from tests.test_algorithm import tiny_config
+
+        torch.set_num_threads(1)
+        for session in (1, 2):
+            ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     object_store_memory=128 * 1024 * 1024)
+            assert _global_registry.contains(TRAINABLE_CLASS, "MuZero"), session
+            config = tiny_config(num_simulations=2, train_batch_size=8, num_steps_sampled_before_learning_starts=16)
+            if session == 2:  # a remote env runner builds the network from the new session's registry too
+                config = config.env_runners(num_env_runners=1, num_cpus_per_env_runner=0.5,
+                                            num_envs_per_env_runner=2).resources(num_cpus_for_main_process=0.5)
+            algo = config.build_algo()
+            result = algo.train()
+            assert result["num_env_steps_sampled_lifetime"] > 0, session
+            algo.stop()
+            ray.shutdown()
+            print("SESSION", session, "OK", flush=True)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+                         cwd=os.path.dirname(os.path.dirname(__file__)), env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "SESSION 1 OK" in out.stdout and "SESSION 2 OK" in out.stdout

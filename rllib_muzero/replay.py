@@ -679,15 +679,39 @@ class SequenceReplayBuffer:
         They are stored in float32, i.e. rounded to 24 significant bits."""
         return self._tree.get(indices)
 
+    # ------------------------------------------------------------------------------------------------ episode ends
+    def close_open_episodes(self) -> int:
+        """Marks every open episode :data:`TRUNCATED` after its stored tail; returns how many were closed.
+
+        For an episode that will never be continued (its env runner dropped it, e.g. at a checkpoint's episode
+        boundary): without this its tail would wait forever for a next fragment. Sampling reads a truncated tail as it
+        reads an open one (the value target bootstraps from the last stored value; see
+        :func:`~rllib_muzero.targets.make_unroll_targets`), so no target changes; a fragment arriving later under the
+        same id starts a new chain instead of linking.
+        """
+        tails = [tail for tail, _ in self._open.values()]
+        self._end_flag[tails] = TRUNCATED
+        self._is_open_tail[tails] = False
+        self._open.clear()
+        self._tail_owner.clear()
+        return len(tails)
+
     # ------------------------------------------------------------------------------------------------ checkpoints
-    def get_state(self) -> dict[str, Any]:
+    def get_state(self, *, close_open_episodes: bool = False) -> dict[str, Any]:
         """Everything needed to restore the buffer exactly: numpy arrays (copies) and plain Python scalars.
 
         Contents, priorities, links, end flags, generations, open episodes, counters and the current beta, each array
         in its storage dtype (see the module docstring). ``alpha``, ``epsilon`` and ``beta_increment_per_sampling``
         are configuration and stay the restoring buffer's own.
+
+        With ``close_open_episodes`` the state is the one :meth:`close_open_episodes` would leave (no open episode, the
+        tails truncated) while this buffer keeps its open episodes: for a checkpoint whose restored runners will not
+        continue them while this buffer's runners do (the asynchronous pipeline).
         """
-        open_ids = list(self._open)
+        open_ids = [] if close_open_episodes else list(self._open)
+        end_flag = self._end_flag.copy()
+        if close_open_episodes:
+            end_flag[[tail for tail, _ in self._open.values()]] = TRUNCATED
         return {
             "version": _STATE_VERSION,
             "capacity": self._capacity,
@@ -700,7 +724,7 @@ class SequenceReplayBuffer:
             "root_values": self._root_values.copy(),
             "search_policies": self._policies.copy(),
             "next_slot": self._next_slot.copy(),
-            "end_flag": self._end_flag.copy(),
+            "end_flag": end_flag,
             "generation": self._generation.copy(),
             "priorities": np.array(self._tree.leaves),
             "open_episode_ids": np.array(open_ids, dtype=np.int64),

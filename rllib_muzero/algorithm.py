@@ -12,14 +12,18 @@ from __future__ import annotations
 import collections
 import contextlib
 import difflib
+import functools
+import logging
 import math
 import os
 import pathlib
+import re
 import shutil
-import tempfile
+import socket
 import time
 import uuid
-from collections.abc import Sequence
+import zlib
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -43,21 +47,26 @@ from ray.rllib.utils.metrics import (
     SYNCH_WORKER_WEIGHTS_TIMER,
 )
 from ray.rllib.utils.typing import PolicyID
+from ray.tune.registry import RLLIB_MODEL, _global_registry
+from ray.util.debug import log_once
 
 from rllib_muzero import columns
 from rllib_muzero.acting import SEARCH_ALGORITHMS
-from rllib_muzero.envs import make_env_creator, validate_env_options
+from rllib_muzero.envs import check_import_path, make_env_creator, validate_env_options
 from rllib_muzero.learner_thread import MuZeroLearnerThread
 from rllib_muzero.losses import SCALAR_LOSSES
 from rllib_muzero.mcts import UNVISITED_VALUE_MODES
 from rllib_muzero.metrics import parameter_histograms, search_statistics
-from rllib_muzero.models import DEFAULT_MODEL_NAME
-from rllib_muzero.policy import MuZeroTorchPolicy
+from rllib_muzero.models import DEFAULT_MODEL_NAME, ModelOptionError, check_model_options
+from rllib_muzero.policy import MuZeroTorchPolicy, split_action_mask_space
 from rllib_muzero.reanalyse import reanalyse_policy_targets
+from rllib_muzero.registry import NETWORKS
 from rllib_muzero.replay import SequenceReplayBuffer
+from rllib_muzero.runner_state import capture_runner, episode_boundary, episode_key, restore_runner
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
 CHECKPOINT_FORMAT_VERSION = 1  # of the "muzero" entry in algorithm_state.pkl; bump and migrate on layout changes
+logger = logging.getLogger(__name__)
 SAMPLE_REQUEST_TAG = "muzero_sample"  # tag of the asynchronous sample requests to the env runners
 _POLL_SECONDS = 0.01  # how long one poll for ready sample requests waits (RLlib's fetch waits for all, or the timeout)
 
@@ -276,9 +285,11 @@ class MuZeroConfig(AlgorithmConfig):
             training_intensity: Replayed positions per new env step (replay ratio). None: one update per
                 ``training_step``.
             store_buffer_in_checkpoints: Keep the replay buffer (contents and priorities) in checkpoints so a
-                resumed run continues exactly; False makes checkpoints small.
-            max_nonfinite_updates_in_a_row: Learner updates with a NaN/inf loss or gradient are skipped (weights
-                untouched); this many in a row stop training with an error.
+                resumed run continues exactly (synchronous pipeline: bit for bit, README "Resume"); False makes
+                checkpoints small, and a resumed run starts from an empty replay.
+            max_nonfinite_updates_in_a_row: A learner update with a NaN/inf loss, gradient or priority, or that
+                leaves NaN/inf in the weights or the optimizer state, is undone (weights, optimizer state and the
+                schedules that count updates as before it); this many in a row stop training with an error.
             debug: Report weight and gradient histograms every iteration (TensorBoard through Tune).
             fixed_temperatures: One acting temperature per env runner instead of the schedule (reference's
                 ``--fixed_temperatures``); the list length must equal ``num_env_runners`` (1 when 0 runners).
@@ -387,13 +398,26 @@ class MuZeroConfig(AlgorithmConfig):
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> None:
-        """Checks every MuZero option and raises ``ValueError`` naming the option, the value and what is accepted."""
-        super().validate()
+        """Checks every MuZero option and raises ``ValueError`` naming the option, the value and what is accepted.
+
+        One line per mistake, before any worker starts: the MuZero fields, the RLlib fields MuZero runs on (resources,
+        sampling, seed, evaluation), the network named by ``model`` and its ``custom_model_config`` (checked
+        statically for the built-in networks), ``env_config`` and the ``evaluation_config`` overrides. Numbers must
+        be finite wherever a finite number is meant. RLlib's own checks run too; their messages are put on one line.
+        """
         self._validate_known_keys()
+        self._validate_rllib_fields()
+        try:
+            super().validate()
+        except ValueError as error:  # RLlib's messages span lines and end in a hint to switch validation off
+            lines = [line.strip() for line in str(error).splitlines()
+                     if line.strip() and not line.strip().startswith("To suppress all validation errors")]
+            raise ValueError(" ".join(lines)) from None
         validate_env_options(self.env, self.env_config)
         eval_overrides = self.evaluation_config if isinstance(self.evaluation_config, dict) else {}
         if eval_overrides.get("env_config"):
             validate_env_options(self.env, {**self.env_config, **eval_overrides["env_config"]})
+        self._validate_model()
         if self.enable_rl_module_and_learner or self.enable_env_runner_and_connector_v2:
             _fail("api_stack", "new API stack", "MuZero runs on RLlib's old API stack only (both flags False)")
         _check_int(self, "num_simulations", minimum=1)
@@ -414,24 +438,26 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "max_num_considered_actions", minimum=1)
         for name in ("gumbel_scale", "c_visit", "c_scale"):
             value = getattr(self, name)
-            if not _is_number(value) or not math.isfinite(value) or value < 0:
+            if not _is_number(value) or value < 0:
                 _fail(name, value, "a finite number >= 0")
         _check_int(self, "consistency_projection_size", minimum=4)
-        if not isinstance(self.reanalyse_value, bool):
-            _fail("reanalyse_value", self.reanalyse_value, "True or False")
+        for name in ("reanalyse_value", "root_counts_as_visit", "use_target_transform", "use_q_max",
+                     "store_buffer_in_checkpoints", "debug"):
+            if not isinstance(getattr(self, name), bool):
+                _fail(name, getattr(self, name), "True or False")
         if self.off_policy_correction_age is not None and (
             not isinstance(self.off_policy_correction_age, int) or isinstance(self.off_policy_correction_age, bool)
             or self.off_policy_correction_age < 1
         ):
             _fail("off_policy_correction_age", self.off_policy_correction_age, "None or an integer >= 1")
         if not _is_number(self.lr_decay_rate) or not 0.0 < self.lr_decay_rate <= 1.0:
-            _fail("lr_decay_rate", self.lr_decay_rate, "a number in (0, 1] (1 = no decay)")
+            _fail("lr_decay_rate", self.lr_decay_rate, "a finite number in (0, 1] (1 = no decay)")
         if self.fixed_temperatures is not None:
             runners = max(self.num_env_runners, 1)
             if (not isinstance(self.fixed_temperatures, (list, tuple))
                     or any(not _is_number(t) or t < 0 for t in self.fixed_temperatures)):
                 _fail("fixed_temperatures", self.fixed_temperatures,
-                      "None or a list of numbers >= 0, one per env runner")
+                      "None or a list of finite numbers >= 0, one per env runner")
             if len(self.fixed_temperatures) != runners and not self.in_evaluation:
                 _fail("fixed_temperatures", self.fixed_temperatures,
                       f"one temperature per env runner: {runners} (`num_env_runners`={self.num_env_runners}; "
@@ -452,10 +478,10 @@ class MuZeroConfig(AlgorithmConfig):
         if not _is_number(self.gamma) or not 0.0 < self.gamma <= 1.0:
             _fail("gamma", self.gamma, "a discount in (0, 1]")
         if not _is_number(self.lr) or self.lr <= 0:
-            _fail("lr", self.lr, "a positive float (schedules are not supported; see `lr`)")
+            _fail("lr", self.lr, "a positive finite number (schedules are not supported: see `lr_decay_rate`)")
         for name in ("pb_c_base", "pb_c_init", "root_dirichlet_alpha", "prioritized_replay_eps"):
             if not _is_number(getattr(self, name)) or getattr(self, name) <= 0:
-                _fail(name, getattr(self, name), "a positive number")
+                _fail(name, getattr(self, name), "a positive finite number")
         for name in ("root_exploration_fraction", "prioritized_replay_beta", "momentum", "reanalyse_policy_fraction"):
             value = getattr(self, name)
             if not _is_number(value) or not 0.0 <= value <= 1.0:
@@ -464,13 +490,13 @@ class MuZeroConfig(AlgorithmConfig):
                      "value_loss_weight", "reward_loss_weight", "policy_loss_weight", "consistency_loss_weight"):
             value = getattr(self, name)
             if not _is_number(value) or value < 0:
-                _fail(name, value, "a number >= 0")
+                _fail(name, value, "a finite number >= 0")
         if self.grad_clip is not None and (not _is_number(self.grad_clip) or self.grad_clip <= 0):
-            _fail("grad_clip", self.grad_clip, "None or a positive number")
+            _fail("grad_clip", self.grad_clip, "None (no clipping) or a positive finite number")
         if self.training_intensity is not None and (
             not _is_number(self.training_intensity) or self.training_intensity <= 0
         ):
-            _fail("training_intensity", self.training_intensity, "None or a positive number (replay ratio)")
+            _fail("training_intensity", self.training_intensity, "None or a positive finite number (replay ratio)")
         if self.unvisited_value not in UNVISITED_VALUE_MODES:
             _fail("unvisited_value", self.unvisited_value, f"one of {list(UNVISITED_VALUE_MODES)}")
         if str(self.optimizer_type).lower() not in OPTIMIZERS:
@@ -480,6 +506,137 @@ class MuZeroConfig(AlgorithmConfig):
         self._validate_temperatures()
         if self.batch_mode not in ("truncate_episodes", "complete_episodes"):
             _fail("batch_mode", self.batch_mode, "'truncate_episodes' or 'complete_episodes'")
+        self._validate_evaluation_overrides()
+
+    def _validate_rllib_fields(self) -> None:
+        """RLlib's own fields that MuZero runs on. RLlib 2.60 accepts most of these unchecked on the old API stack
+        (``num_env_runners=-1``, ``rollout_fragment_length=0``, ``seed=1.5``, ``evaluation_interval=-1``, ...) and
+        fails later, inside a worker, or never (a negative evaluation interval just never evaluates)."""
+        _check_int(self, "num_env_runners", minimum=0)
+        _check_int(self, "num_envs_per_env_runner", minimum=1)
+        if self.rollout_fragment_length != "auto":
+            _check_int(self, "rollout_fragment_length", minimum=1, also="'auto'")
+        for name in ("num_cpus_for_main_process", "num_gpus", "num_cpus_per_env_runner", "num_gpus_per_env_runner"):
+            value = getattr(self, name)
+            if not _is_number(value) or value < 0:
+                _fail(name, value, "a finite number >= 0 (fractions share a CPU or GPU)")
+        if self.seed is not None and (not _is_int(self.seed) or self.seed < 0):
+            _fail("seed", self.seed, "None (fresh entropy) or an integer >= 0")
+        if not isinstance(self.explore, bool):
+            _fail("explore", self.explore, "True or False")
+        _check_int(self, "max_requests_in_flight_per_env_runner", minimum=1)
+        _check_int(self, "metrics_num_episodes_for_smoothing", minimum=1)
+        _check_int(self, "min_sample_timesteps_per_iteration", minimum=0)
+        _check_int(self, "min_train_timesteps_per_iteration", minimum=0)
+        if self.min_time_s_per_iteration is not None and (
+            not _is_number(self.min_time_s_per_iteration) or self.min_time_s_per_iteration < 0
+        ):
+            _fail("min_time_s_per_iteration", self.min_time_s_per_iteration, "None or a finite number of seconds >= 0")
+        for name in ("sample_timeout_s", "evaluation_sample_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and (not _is_number(value) or value <= 0):
+                _fail(name, value, "None (wait forever) or a positive finite number of seconds")
+        # Evaluation (RLlib: `evaluation_interval` None or 0 switches it off).
+        if self.evaluation_interval is not None:
+            _check_int(self, "evaluation_interval", minimum=0, also="None (no evaluation)")
+        _check_int(self, "evaluation_num_env_runners", minimum=0)
+        if self.evaluation_duration != "auto":
+            _check_int(self, "evaluation_duration", minimum=1, also="'auto'")
+        if self.evaluation_duration_unit not in ("episodes", "timesteps"):
+            _fail("evaluation_duration_unit", self.evaluation_duration_unit, "'episodes' or 'timesteps'")
+        if not isinstance(self.model, dict):
+            _fail("model", self.model, "a dict of model options, e.g. {'custom_model': 'muzero_fc', "
+                  "'custom_model_config': {'hidden_size': 64}}")
+        if self.evaluation_config is not None and not isinstance(self.evaluation_config, (dict, AlgorithmConfig)):
+            _fail("evaluation_config", self.evaluation_config,
+                  "None or a dict of config overrides for evaluation (e.g. MuZeroConfig.overrides(explore=False))")
+
+    def _validate_model(self) -> None:
+        """``model.custom_model`` must name a network that exists, and a built-in network's ``custom_model_config``
+        must pass its option checks. Without this a typo fails only when the env runners build their policies
+        (after Ray and Tune have started), in the worst case as a bare error inside a remote runner."""
+        model = self.model
+        name = model.get("custom_model")
+        options = model.get("custom_model_config")
+        if options is not None and not isinstance(options, dict):
+            _fail("model.custom_model_config", options, "a dict of the network's options")
+        if isinstance(name, type):
+            return  # a class: RLlib builds it as given; check_muzero_model checks it when the policy is built
+        accepted = (f"a built-in network ({', '.join(repr(n) for n in NETWORKS)}), a name registered with "
+                    "ModelCatalog.register_custom_model, a MuZeroModelV2 subclass or its import path")
+        if isinstance(name, str) and "." in name:  # RLlib imports a class path itself
+            check_import_path("model.custom_model", name, accepted)
+            return
+        if not isinstance(name, str) or not _global_registry.contains(RLLIB_MODEL, name):
+            close = difflib.get_close_matches(name, list(NETWORKS), n=2) if isinstance(name, str) else []
+            hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+            _fail("model.custom_model", name, accepted + hint)
+        network = NETWORKS.get(name)
+        registered = _global_registry.get(RLLIB_MODEL, name) if network is not None else None
+        if network is None or (getattr(registered, "__module__", None), getattr(registered, "__qualname__", None)) != (
+                network.__module__, network.__qualname__):  # by name: a class unpickled by value is another object
+            return  # a user's network: its options are its own business (checked when it is built)
+        try:
+            check_model_options(network, model)
+        except ModelOptionError as error:
+            known = sorted(network.DEFAULT_CONFIG)
+            if error.key not in network.DEFAULT_CONFIG:
+                close = difflib.get_close_matches(error.key, known, n=2)
+                hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
+                _fail(f"model.custom_model_config.{error.key}", error.value,
+                      f"an option of {name!r}: one of {known}{hint}")
+            _fail(f"model.custom_model_config.{error.key}", error.value, f"{error.expected} (an option of {name!r})")
+
+    def _validate_evaluation_overrides(self) -> None:
+        """The evaluation config (this config updated by ``evaluation_config``) must be valid too. RLlib builds and
+        validates it only inside ``Algorithm.setup``; here a bad override is named as ``evaluation_config.<key>``."""
+        if self.in_evaluation or not self.evaluation_config:
+            return
+        try:
+            self.get_evaluation_config_object().validate()
+        except ValueError as error:
+            message = str(error)
+            if message.startswith(_FAIL_PREFIX + "`"):
+                raise ValueError(message.replace(_FAIL_PREFIX + "`", _FAIL_PREFIX + "`evaluation_config.", 1)) from None
+            raise ValueError(f"In `evaluation_config`: {message}") from None
+
+    # ------------------------------------------------------------------ RLlib's copies of the config
+    def get_state(self) -> dict[str, Any]:
+        """RLlib's state of the config, keeping the fields whose value is -1.
+
+        RLlib's ``get_state`` drops every value equal to its ``DEPRECATED_VALUE`` (-1), and ``Algorithm.__init__``
+        rebuilds the config from that state before validating it: ``training(num_simulations=-1)`` would silently run
+        with the default 50. Only RLlib's own deprecated placeholders (-1 by default) are left out here, so a -1 the
+        user set reaches ``validate()`` and is refused.
+        """
+        state = super().get_state()
+        for key in _minus_one_fields(self):
+            state[key] = getattr(self, key)
+        return state
+
+    def to_dict(self) -> dict[str, Any]:
+        """RLlib's dict form (Tune's ``param_space``), keeping the fields whose value is -1.
+
+        RLlib's ``to_dict`` pops some old RLlib keys when they are -1, among them ``prioritized_replay_alpha``,
+        ``prioritized_replay_beta`` and ``prioritized_replay_eps``, which are live MuZero fields: a -1 there would be
+        replaced by the default instead of being refused.
+        """
+        config = super().to_dict()
+        for key in _minus_one_fields(self):
+            config.setdefault(key, getattr(self, key))
+        return config
+
+    def build_algo(self, env: Any = None, use_copy: bool = True) -> MuZero:
+        """RLlib's ``build_algo``, after validating this config as the user wrote it.
+
+        ``Algorithm.__init__`` validates a copy rebuilt through ``get_state`` / ``from_state``; validating first means
+        what is refused is exactly what was set, whatever RLlib's copy drops or converts on the way.
+        """
+        checked = self.copy(copy_frozen=False)
+        if env is not None:
+            checked.env = env
+        checked.validate()
+        return super().build_algo(env=env, use_copy=use_copy)
 
     def _validate_async(self) -> None:
         if self.async_sampling is not None and not isinstance(self.async_sampling, bool):
@@ -549,18 +706,44 @@ def _known_keys() -> frozenset:
     return _KNOWN_KEYS
 
 
+DEPRECATED_VALUE = -1  # RLlib's placeholder for deprecated fields (ray._common.deprecation, a private module)
+_MINUS_ONE_PLACEHOLDERS: frozenset | None = None
+
+
+def _minus_one_fields(config: AlgorithmConfig) -> list[str]:
+    """The fields of ``config`` set to -1 (RLlib's ``DEPRECATED_VALUE``) that are not one of RLlib's deprecated
+    placeholders (fields that are -1 in a fresh config): RLlib's ``get_state`` / ``to_dict`` would drop them."""
+    global _MINUS_ONE_PLACEHOLDERS  # a cache of a pure function of the class, not state
+    if _MINUS_ONE_PLACEHOLDERS is None:
+        _MINUS_ONE_PLACEHOLDERS = frozenset(k for k, v in vars(MuZeroConfig()).items() if _is_minus_one(v))
+    return [k for k, v in vars(config).items()
+            if _is_minus_one(v) and k not in _MINUS_ONE_PLACEHOLDERS and k not in ("algo_class", "_is_frozen")]
+
+
+def _is_minus_one(value: Any) -> bool:
+    return type(value) in (int, float) and value == DEPRECATED_VALUE
+
+
+_FAIL_PREFIX = "Invalid MuZero config "
+
+
 def _fail(option: str, value: Any, accepted: str) -> None:
-    raise ValueError(f"Invalid MuZero config `{option}`={value!r}: expected {accepted}.")
+    raise ValueError(f"{_FAIL_PREFIX}`{option}`={value!r}: expected {accepted}.")
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): NaN and infinities are refused wherever a number is meant."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _check_int(config: MuZeroConfig, name: str, minimum: int) -> None:
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_int(config: MuZeroConfig, name: str, minimum: int, also: str | None = None) -> None:
     value = getattr(config, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        _fail(name, value, f"an integer >= {minimum}")
+    if not _is_int(value) or value < minimum:
+        _fail(name, value, f"{also} or an integer >= {minimum}" if also else f"an integer >= {minimum}")
 
 
 def _check_support(name: str, value: Any) -> None:
@@ -598,12 +781,17 @@ class MuZero(Algorithm):
         self.replay_rng = np.random.default_rng(np.random.SeedSequence(self._seed_entropy(stream=1)))
         self.replays: dict[PolicyID, SequenceReplayBuffer] = {}
         self._check_replay_fits_in_memory()
-        for pid, policy in self.env_runner.policy_map.items():
+        # Sorted: the learner updates the policies in this order from one shared generator (replay_rng), and the
+        # policy map's order can come from a set of ids, which differs from process to process (string hashing).
+        for pid, policy in sorted(self.env_runner.policy_map.items(), key=lambda item: str(item[0])):
             self.replays[pid] = self._make_replay(policy)
         self._updates_due = 0.0
         self._nonfinite_in_a_row = 0
         self._updates_since_sync = 0
         self._env_steps_since_sync = 0
+        # Exact resume: env steps sampled at the checkpoint that ended the episodes in progress, whose env runners
+        # are reset before the next sample (None: no such boundary pending); see _start_episode_boundary.
+        self._episode_boundary_at: int | None = None
         # Asynchronous pipeline (async_sampling): the learner thread starts with the first training step.
         self._async_sampling = self.config.uses_async_sampling
         self._learner: MuZeroLearnerThread | None = None
@@ -650,8 +838,9 @@ class MuZero(Algorithm):
     def training_step(self) -> dict:
         """One iteration of MuZero's loop (paper Appendix B: self-play feeds the replay, the learner samples it).
 
-        Phases: sample (env runners act by search) -> store (stitch fragments into the sequence replay) ->
-        replay + learn (as many updates as ``training_intensity`` asks for, once
+        Phases: (after a checkpoint that ended the episodes in progress: reset the env runners, see
+        :meth:`_start_episode_boundary`) -> sample (env runners act by search) -> store (stitch fragments into the
+        sequence replay) -> replay + learn (as many updates as ``training_intensity`` asks for, once
         ``num_steps_sampled_before_learning_starts`` env steps are stored) -> update priorities (from the current
         network) -> sync weights and the learner-update count to the env runners.
 
@@ -660,6 +849,8 @@ class MuZero(Algorithm):
         """
         if self._async_sampling:
             return self._training_step_async()
+        if self._episode_boundary_at is not None:  # a checkpoint ended the episodes in progress
+            self._cross_episode_boundary()
         # --- sample
         with self._timers[SAMPLE_TIMER]:
             batch = synchronous_parallel_sample(
@@ -769,6 +960,7 @@ class MuZero(Algorithm):
         c = self.config
         replay = self.replays[pid]
         policy = self.get_policy(pid)
+        beta = replay.beta  # annealed by sample(); a skipped update must not advance it
         with self._timers[REPLAY_BUFFER_SAMPLE_TIMER]:
             train_batch = replay.sample(
                 c.train_batch_size, num_unroll_steps=c.num_unroll_steps, td_steps=c.td_steps,
@@ -788,17 +980,18 @@ class MuZero(Algorithm):
             replay.update_priorities(
                 train_batch[columns.TRAIN_INDICES], train_batch[columns.TRAIN_GENERATIONS], out["priorities"]
             )
-        else:
+            self._counters[NUM_AGENT_STEPS_TRAINED] += c.train_batch_size
+            self._counters[NUM_ENV_STEPS_TRAINED] += c.train_batch_size
+        else:  # undone by the policy (num_grad_updates unchanged); nothing of it counts, beta included
+            replay.beta = beta
             self._nonfinite_in_a_row += 1
             if self._nonfinite_in_a_row >= c.max_nonfinite_updates_in_a_row:
                 raise FloatingPointError(
-                    f"{self._nonfinite_in_a_row} learner updates in a row of policy `{pid}` had a non-finite loss or "
-                    "gradient; their optimizer steps were skipped, and training stops here instead of diverging. "
+                    f"{self._nonfinite_in_a_row} learner updates in a row of policy `{pid}` had a non-finite loss, "
+                    "gradient or updated weights; they were undone, and training stops here instead of diverging. "
                     "Lower `lr`, set `grad_clip`, or check the env's observations and rewards for NaN/inf "
                     "(limit: `max_nonfinite_updates_in_a_row`)."
                 )
-        self._counters[NUM_AGENT_STEPS_TRAINED] += c.train_batch_size
-        self._counters[NUM_ENV_STEPS_TRAINED] += c.train_batch_size
         return {"learner_stats": out["learner_stats"]}
 
     # ------------------------------------------------------------------ the asynchronous pipeline
@@ -999,10 +1192,27 @@ class MuZero(Algorithm):
             return self._getstate()
 
     def _getstate(self) -> dict:
+        """The algorithm's state plus MuZero's: replays, generators, counters, and what exact resume needs.
+
+        Exact resume (``rllib_muzero/runner_state.py``). Synchronous pipeline: the sampling env runners' episodes in
+        progress travel when their envs' state pickles; otherwise this checkpoint is an episode boundary, in this run
+        as in a restored one (:meth:`_start_episode_boundary`). Asynchronous pipeline: the runners go on sampling
+        while this runs and a restored run's start new episodes, so the saved replay has its open episodes closed as
+        truncated (this run's replay keeps them open: its runners continue them).
+        """
+        runners = [] if self._async_sampling else self._capture_runners()
+        cut = [r["reason"] for r in runners if r["reason"]]
+        if cut:
+            if log_once("muzero_checkpoint_episode_boundary"):
+                logger.info("MuZero: this checkpoint ends the episodes in progress, as truncated (resume stays exact): "
+                            "an env runner's episodes cannot travel: %s.", cut[0])
+            self._start_episode_boundary()  # before the replay's state is taken
+            for runner in runners:
+                runner["sampler"] = None
         state = super().__getstate__()
         state["muzero"] = {
             "format_version": CHECKPOINT_FORMAT_VERSION,
-            "replays": {pid: r.get_state() for pid, r in self.replays.items()}
+            "replays": {pid: r.get_state(close_open_episodes=self._async_sampling) for pid, r in self.replays.items()}
             if self.config.store_buffer_in_checkpoints else {},
             "replay_rng_state": self.replay_rng.bit_generator.state,
             # Asynchronous mode: plus the updates credited to the learner thread and not yet run.
@@ -1010,6 +1220,8 @@ class MuZero(Algorithm):
             "nonfinite_in_a_row": self._nonfinite_in_a_row,
             "updates_since_sync": self._updates_since_sync,
             "env_steps_since_sync": self._env_steps_since_sync,
+            "runners": runners,  # capture_runner() of each sampling env runner (synchronous pipeline)
+            "episode_boundary_at": self._episode_boundary_at,
         }
         return state
 
@@ -1036,6 +1248,13 @@ class MuZero(Algorithm):
         self._nonfinite_in_a_row = extra.get("nonfinite_in_a_row", 0)
         self._updates_since_sync = extra.get("updates_since_sync", 0)
         self._env_steps_since_sync = extra.get("env_steps_since_sync", 0)
+        continued = self._restore_runners([] if self._async_sampling else extra.get("runners", []))
+        self._episode_boundary_at = extra.get("episode_boundary_at")
+        if not continued:
+            # The runners start new episodes (asynchronous pipeline, episode boundary, a checkpoint from before exact
+            # resume, or runners unlike the saved ones): no open episode of the replay will ever be continued.
+            for replay in self.replays.values():
+                replay.close_open_episodes()
         if self._learner is not None:
             self._learner.take_owed()  # the restored `updates_due` carries the debt
         if self._async_sampling:  # the runners hold the restored weights: no snapshot from before the restore
@@ -1044,30 +1263,89 @@ class MuZero(Algorithm):
             self._weights_at_updates = self._learner.num_updates if self._learner is not None else 0
             self._weights_at_env_steps = self._counters[NUM_ENV_STEPS_SAMPLED]
 
-    def save_checkpoint(self, checkpoint_dir: str) -> None:
-        """Writes the checkpoint atomically: into a hidden sibling directory first, then renamed into place.
+    # ------------------------------------------------------------------ exact resume (runner_state.py)
+    def _capture_runners(self) -> list[dict[str, Any]]:
+        """:func:`~rllib_muzero.runner_state.capture_runner` of each sampling env runner (synchronous pipeline).
 
-        A crash while saving leaves either the complete new checkpoint or, when saving over an existing checkpoint
-        directory, the previous one (moved aside only for the two renames that swap them).
+        Without remote runners the local runner samples; its policy is the learner's, whose weights and optimizer
+        travel in RLlib's policy state. Remote runners send their weights too: they lag the learner's by up to
+        ``send_weights_frequency`` updates.
         """
-        final = pathlib.Path(checkpoint_dir)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        partial = pathlib.Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-        try:
+        group = self.env_runner_group
+        if group.num_remote_env_runners() == 0:
+            return [capture_runner(self.env_runner, with_weights=False)]
+        return group.foreach_env_runner(functools.partial(capture_runner, with_weights=True), local_env_runner=False)
+
+    def _restore_runners(self, runners: list[dict[str, Any]]) -> bool:
+        """Puts :meth:`_capture_runners`' output back into the env runners of the same index; returns whether every
+        sampling runner took its episodes in progress (then the replay's open episodes are continued)."""
+        if not runners:
+            return False
+        by_index = {runner["worker_index"]: runner for runner in runners}
+        group = self.env_runner_group
+        if group.num_remote_env_runners() == 0:
+            return 0 in by_index and restore_runner(self.env_runner, by_index[0])
+        continued = group.foreach_env_runner(functools.partial(_restore_runner_by_index, by_index),
+                                             local_env_runner=False)
+        return len(continued) == len(by_index) and all(continued)
+
+    def _start_episode_boundary(self) -> None:
+        """Makes this checkpoint an episode boundary, the rule when the runners' episodes cannot travel.
+
+        A restored run cannot continue the episodes in progress, so this run stops them too: their open tails in the
+        replay are closed as truncated now (the value targets bootstrap there, as at a time limit; no tail is left
+        waiting), and before the next sample (:meth:`_cross_episode_boundary`) every sampling runner drops them and
+        resets its envs and re-seeds its acting generators from the config seed and the env steps sampled now, which a
+        restored run reads from the checkpoint and repeats. Both runs then sample the same data.
+        """
+        self._episode_boundary_at = int(self._counters[NUM_ENV_STEPS_SAMPLED])
+        for replay in self.replays.values():
+            replay.close_open_episodes()
+
+    def _cross_episode_boundary(self) -> None:
+        """Resets the sampling env runners as :meth:`_start_episode_boundary` scheduled (before the next sample)."""
+        at, self._episode_boundary_at = self._episode_boundary_at, None
+        base = self._seed_entropy(stream=2)
+        entropy = None if base is None else [*base, at]
+        group = self.env_runner_group
+        group.foreach_env_runner(functools.partial(episode_boundary, entropy=entropy),
+                                 local_env_runner=group.num_remote_env_runners() == 0)
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        """Writes the checkpoint crash-safely (:func:`replace_checkpoint_dir`): into a hidden sibling directory,
+        then renamed into place, so that a crash at any instant leaves the complete old or new checkpoint at
+        ``checkpoint_dir``, or recoverable for it by :func:`recover_checkpoint_dir` (which every later save, the
+        ``rllib-muzero evaluate`` loader, :meth:`from_checkpoint` and :meth:`restore` run). The save also removes
+        what interrupted saves of gone processes left in the same parent directory.
+
+        ``Algorithm.from_checkpoint`` (RLlib's base class) reads the path as it is: after a crash between the two
+        renames that swap an old checkpoint for a new one it finds none; ``MuZero.from_checkpoint`` recovers it.
+        """
+        def write(directory: str) -> None:
             with self._learner_paused():  # policy checkpoints are written beside the state
-                super().save_checkpoint(str(partial))
-            previous = None
-            if final.exists() and any(final.iterdir()):
-                previous = final.with_name(f".{final.name}.previous-{uuid.uuid4().hex[:8]}")
-                os.rename(final, previous)
-            elif final.exists():
-                final.rmdir()
-            os.rename(partial, final)
-        except BaseException:
-            shutil.rmtree(partial, ignore_errors=True)
-            raise
-        if previous is not None:
-            shutil.rmtree(previous, ignore_errors=True)
+                super(MuZero, self).save_checkpoint(directory)
+
+        replace_checkpoint_dir(checkpoint_dir, write)
+
+    @classmethod
+    def from_checkpoint(cls, path: Any, filesystem: Any = None, **kwargs: Any) -> Algorithm:
+        """RLlib's ``Algorithm.from_checkpoint``, after recovering a local checkpoint directory whose save was
+        interrupted (:func:`recover_checkpoint_dir`)."""
+        if filesystem is None and isinstance(path, (str, os.PathLike)) and "://" not in str(path):
+            path = recover_checkpoint_dir(path)
+        return super().from_checkpoint(path, filesystem, **kwargs)
+
+    def restore(self, checkpoint_path: Any) -> None:
+        """Tune's ``Trainable.restore``, after recovering a local checkpoint directory whose save was interrupted
+        (:func:`recover_checkpoint_dir`)."""
+        if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
+            checkpoint_path = recover_checkpoint_dir(checkpoint_path)
+        return super().restore(checkpoint_path)
+
+
+def _restore_runner_by_index(by_index: dict[int, dict[str, Any]], runner: Any) -> bool:
+    """:func:`~rllib_muzero.runner_state.restore_runner` with the capture of ``runner``'s own index, if any."""
+    return runner.worker_index in by_index and restore_runner(runner, by_index[runner.worker_index])
 
 
 def _make_sample_request(weights_ref: ray.ObjectRef | None, weights_seq_no: int, global_vars: dict,
@@ -1107,26 +1385,34 @@ def make_replay(config: MuZeroConfig, observation_space: gym.Space, action_space
 
 
 def check_env_spaces(config: AlgorithmConfig, env_creator: Any = None) -> None:
-    """Builds one env locally to check its action space, so a bad env fails before Ray starts any worker.
+    """Builds one env locally to check its spaces, so a bad env fails before Ray starts any worker.
 
+    Checks the action space (Discrete) and, for a Dict observation with an action mask (``config.action_mask_key``),
+    the mask's shape (one entry per action) and the one other entry, as the policy would on every env runner.
     Multi-agent envs are skipped: spaces are per policy and each MuZeroTorchPolicy checks its own at build time.
     """
     if config.is_multi_agent:
         return
-    action_space = config.action_space
-    if action_space is None:
+    action_space, observation_space = config.action_space, config.observation_space
+    if action_space is None or observation_space is None:
         if env_creator is None:
             if config.env is None:
                 return
             _, env_creator = MuZero._get_env_id_and_creator(config.env, config)
         env = env_creator(EnvContext(config.env_config, worker_index=0, num_workers=0))
         try:
-            action_space = env.action_space
+            action_space = env.action_space if action_space is None else action_space
+            observation_space = env.observation_space if observation_space is None else observation_space
         finally:
             env.close()
     if not isinstance(action_space, gym.spaces.Discrete):
         raise ValueError(f"MuZero needs a Discrete action space; env `{config.env}` has {action_space!r}. "
                          "Wrap the env to discretise its actions first.")
+    mask_key = getattr(config, "action_mask_key", None) or "action_mask"
+    try:
+        split_action_mask_space(observation_space, mask_key, int(action_space.n))
+    except ValueError as error:
+        raise ValueError(f"Env `{config.env}` cannot be played by MuZero: {error}") from None
 
 
 def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch, *, use_q_max: bool = False) -> None:
@@ -1139,7 +1425,7 @@ def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch,
     for fragment in batch.split_by_episode():
         agent = int(fragment[SampleBatch.AGENT_INDEX][0]) if SampleBatch.AGENT_INDEX in fragment else 0
         replay.add_fragment(
-            hash((int(fragment[SampleBatch.EPS_ID][0]), agent)),
+            episode_key(fragment[SampleBatch.EPS_ID][0], agent),
             obs=fragment[SampleBatch.OBS],
             actions=fragment[SampleBatch.ACTIONS],
             rewards=fragment[SampleBatch.REWARDS],
@@ -1148,3 +1434,196 @@ def add_sample_batch_to_replay(replay: SequenceReplayBuffer, batch: SampleBatch,
             terminated=bool(fragment[SampleBatch.TERMINATEDS][-1]),
             truncated=bool(fragment[SampleBatch.TRUNCATEDS][-1]),
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Crash-safe checkpoint directories: the protocol of MuZero.save_checkpoint and of the checkpoint loaders.
+#
+# A checkpoint directory cannot be replaced in one atomic step (rename() only replaces an EMPTY directory), so a save
+# over an existing checkpoint FINAL goes through hidden siblings `.FINAL.<kind>-<owner>-<token>` in the same parent:
+#
+#   1. write the new checkpoint into  .FINAL.partial-…    (incomplete until the next step; never read)
+#   2. rename partial -> .FINAL.ready-…                   (complete new checkpoint)
+#   3. rename FINAL   -> .FINAL.previous-…                (complete old checkpoint; skipped when FINAL is empty/absent)
+#   4. rename ready   -> FINAL                            (onto an empty FINAL directly, atomically)
+#   5. rename previous -> .FINAL.trash-…, then delete it   (trash is never read: a half-deleted tree is harmless)
+#
+# Invariant: at every instant FINAL holds a complete checkpoint (old or new), or it is absent/empty and a complete
+# `ready` (new) or `previous` (old) sibling exists. recover_checkpoint_dir() restores the second case by renaming the
+# newest complete sibling (ready before previous) back to FINAL; readers call it (checkpoints.py: `rllib-muzero
+# evaluate`; MuZero.from_checkpoint, MuZero.restore) and every save calls it before writing. Leftovers of
+# interrupted saves are removed at the next save into the same parent (any checkpoint name there), but only those of
+# writers that are gone: the owner tag in the name is a host tag and a pid, and a leftover of a live process on this
+# host, or of another host, is left alone (it may be a save in progress). Readers never delete (they cannot tell a
+# killed save from a running one). The guarantee covers a crashed or killed process (exception, SIGKILL, OOM), not
+# a power loss: nothing is fsync'ed.
+_LEFTOVER_NAME = re.compile(r"\.(?P<name>.+)\.(?P<kind>partial|ready|previous|trash)"
+                            r"(?:-(?P<host>[0-9a-f]{4})-(?P<pid>\d+))?-(?P<token>[0-9a-z_]+)")  # no owner: pre-1.0
+_HOST_TAG = f"{zlib.crc32(socket.gethostname().encode()) & 0xFFFF:04x}"
+
+
+def _holds_checkpoint(path: pathlib.Path) -> bool:
+    """A directory with something in it (the protocol never leaves an incomplete checkpoint at a final path)."""
+    try:
+        return path.is_dir() and any(path.iterdir())
+    except OSError:
+        return False
+
+
+def _leftovers(parent: pathlib.Path) -> list[tuple[pathlib.Path, re.Match]]:
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return []
+    return [(p, m) for p in entries if (m := _LEFTOVER_NAME.fullmatch(p.name)) is not None]
+
+
+def is_interrupted_save(name: str) -> bool:
+    """Whether ``name`` is a hidden sibling of a checkpoint written by the save protocol (never a checkpoint)."""
+    return _LEFTOVER_NAME.fullmatch(name) is not None
+
+
+def _abandoned(match: re.Match) -> bool:
+    """Left by a writer that is gone: this process (saves run one at a time), a dead process on this host, or an
+    old-style name without an owner. Another host's leftovers are never judged gone."""
+    if match["host"] is None:
+        return True
+    if match["host"] != _HOST_TAG:
+        return False
+    pid = int(match["pid"])
+    return pid == os.getpid() or not psutil.pid_exists(pid)
+
+
+def _recovery_candidates(final: pathlib.Path) -> list[pathlib.Path]:
+    """Complete siblings that may stand for ``final``: ``ready`` (new) before ``previous`` (old), newest first."""
+    found = [(p, m["kind"]) for p, m in _leftovers(final.parent)
+             if m["name"] == final.name and m["kind"] in ("ready", "previous") and _holds_checkpoint(p)]
+
+    def newest_first(item: tuple[pathlib.Path, str]) -> tuple[int, float]:
+        try:
+            mtime = item[0].stat().st_mtime
+        except OSError:
+            mtime = 0.0
+        return (0 if item[1] == "ready" else 1, -mtime)
+
+    return [p for p, _ in sorted(found, key=newest_first)]
+
+
+def _move_into_place(source: pathlib.Path, final: pathlib.Path) -> None:
+    """Renames the complete checkpoint ``source`` to ``final``, which must be absent or an empty directory."""
+    try:
+        os.rename(source, final)
+    except FileNotFoundError:
+        if not source.exists() and _holds_checkpoint(final):
+            return  # a concurrent reader's recovery moved it there first
+        raise
+    except OSError:
+        if final.is_dir() and not _holds_checkpoint(final):  # platforms that do not rename onto an empty directory
+            final.rmdir()
+            os.rename(source, final)
+        else:
+            raise
+
+
+def recover_checkpoint_dir(path: str | os.PathLike) -> str:
+    """Returns the path to read the checkpoint ``path`` from, after putting back an interrupted save's checkpoint.
+
+    When ``path`` is absent or empty and a save into it was interrupted between its renames, the newest complete
+    hidden sibling (the new checkpoint if it was complete, else the old one) is renamed back to ``path``. Where that
+    rename is impossible (read-only storage), the sibling's own path is returned to be read in place. In every other
+    case ``path`` is returned unchanged (also when it holds no checkpoint and nothing can be recovered: the caller's
+    own error message then applies). Never deletes anything.
+    """
+    final = pathlib.Path(path)
+    if _holds_checkpoint(final):
+        return str(path)
+    for candidate in _recovery_candidates(final):
+        try:
+            _move_into_place(candidate, final)
+            logger.warning("Checkpoint %s was missing after an interrupted save; recovered it from %s.", final,
+                           candidate.name)
+            return str(path)
+        except OSError:
+            if _holds_checkpoint(final):
+                return str(path)
+            if _holds_checkpoint(candidate):
+                return str(candidate)
+    return str(path)
+
+
+def _discard(path: pathlib.Path, match: re.Match) -> None:
+    """Deletes a leftover; a complete one (ready/previous) is first renamed to ``trash``, so that a deletion cut
+    short never leaves a half-deleted tree under a name recovery would read."""
+    if match["kind"] in ("ready", "previous"):
+        trash = path.with_name(f".{match['name']}.trash-{_owner_token()}")
+        os.rename(path, trash)
+        path = trash
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _owner_token() -> str:
+    return f"{_HOST_TAG}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def clean_interrupted_saves(parent: str | os.PathLike) -> None:
+    """Recovers, then removes, what interrupted saves of the gone writers left in the directory ``parent``.
+
+    For each checkpoint name with leftovers: when the checkpoint itself is missing or empty, it is recovered first
+    (:func:`recover_checkpoint_dir`); the leftovers are deleted only while a complete checkpoint stands at the name.
+    """
+    parent = pathlib.Path(parent)
+    leftovers = [(p, m) for p, m in _leftovers(parent) if _abandoned(m)]
+    for name in sorted({m["name"] for _, m in leftovers}):
+        final = parent / name
+        if any(m["kind"] in ("ready", "previous") for p, m in leftovers if m["name"] == name):
+            recover_checkpoint_dir(final)
+        for path, match in leftovers:
+            if match["name"] != name or not path.exists():
+                continue
+            if match["kind"] in ("ready", "previous") and not _holds_checkpoint(final):
+                continue  # the only copy: kept
+            try:
+                _discard(path, match)
+            except OSError as e:
+                logger.warning("Could not remove %s, left by an interrupted checkpoint save: %s", path, e)
+
+
+def replace_checkpoint_dir(checkpoint_dir: str | os.PathLike, write: Callable[[str], None]) -> None:
+    """Writes a checkpoint with ``write(directory)`` and puts it at ``checkpoint_dir``, replacing what was there, so
+    that a crash at any instant leaves a complete checkpoint, old or new, at the path or recoverable for it (the
+    protocol: steps 1-5 in the comment above). An exception in ``write`` leaves the old checkpoint in place and no
+    leftover."""
+    final = pathlib.Path(checkpoint_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    clean_interrupted_saves(final.parent)  # also recovers `final` itself
+    token = _owner_token()
+    partial = final.with_name(f".{final.name}.partial-{token}")
+    partial.mkdir()
+    try:
+        write(str(partial))                                                     # 1
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    ready = final.with_name(f".{final.name}.ready-{token}")
+    os.rename(partial, ready)                                                   # 2
+    previous = None
+    try:
+        if _holds_checkpoint(final):
+            previous = final.with_name(f".{final.name}.previous-{token}")
+            os.rename(final, previous)                                          # 3
+        _move_into_place(ready, final)                                          # 4
+    except BaseException:
+        with contextlib.suppress(OSError):
+            recover_checkpoint_dir(final)  # best effort; otherwise the next save or load recovers it
+        raise
+    if previous is not None:
+        with contextlib.suppress(OSError):
+            _discard(previous, _LEFTOVER_NAME.fullmatch(previous.name))          # 5
+
+
+def recover_checkpoints_in(parent: str | os.PathLike) -> None:
+    """:func:`recover_checkpoint_dir` for every checkpoint in the directory ``parent`` whose save was interrupted
+    (e.g. a Tune trial directory before its latest checkpoint is looked up). Never deletes anything."""
+    parent = pathlib.Path(parent)
+    for name in sorted({m["name"] for _, m in _leftovers(parent) if m["kind"] in ("ready", "previous")}):
+        recover_checkpoint_dir(parent / name)

@@ -9,16 +9,19 @@
         checkpoint_config: {checkpoint_frequency: 5, checkpoint_at_end: true}
         config: {...MuZeroConfig keys...}
 
-and hands each experiment to Ray Tune. User mistakes (missing file, bad YAML, unknown or invalid config keys) end
-with a one-line error and exit code 2, before Ray starts.
+and hands each experiment to Ray Tune. User mistakes (missing file, bad YAML, unknown or invalid config keys, stop
+criteria naming no metric MuZero reports, resources the machine cannot give) end with a one-line error and exit code
+2, before Ray starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import importlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -33,6 +36,91 @@ EXPERIMENT_KEYS = {"run", "env", "stop", "config", "checkpoint_config", "checkpo
 
 class UserError(Exception):
     """A mistake in what the user typed: reported as one line, without a traceback."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is a :class:`UserError` (one line, exit code 2) instead of argparse's usage block
+    plus error line; ``--help`` still shows the usage. Abbreviated flags are refused (argparse's ``allow_abbrev``
+    would read ``--num-sample 2`` as ``--num-samples 2``: a silent guess)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
+# ------------------------------------------------------------------------------------------------ stop criteria
+# What a MuZero trial reports, flattened with "/" as Tune flattens results before it compares them with the stop
+# criteria. Read from a 1-iteration run (num_env_runners=0, with evaluation) of Ray 2.60's old API stack plus Tune's
+# own keys. A key Tune never sees only gets a warning from Tune and the trial trains until something else stops it,
+# so a stop key must be one of these names, or lie under one of the open prefixes below, whose names depend on the
+# policy ids, the user's callbacks and RLlib's timers. tests/test_bad_inputs.py trains one iteration and checks that
+# every numeric key it reports is accepted (a Ray upgrade that renames a metric fails there).
+TUNE_METRICS = ("training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore",
+                "iterations_since_restore", "timesteps_total", "timestamp")
+RLLIB_METRICS = (
+    "num_env_steps_sampled_lifetime", "num_agent_steps_sampled_lifetime", "num_env_steps_sampled",
+    "num_env_steps_trained", "num_agent_steps_sampled", "num_agent_steps_trained", "num_env_steps_sampled_this_iter",
+    "num_env_steps_trained_this_iter", "num_steps_trained_this_iter", "num_env_steps_sampled_throughput_per_sec",
+    "num_env_steps_trained_throughput_per_sec", "agent_timesteps_total", "num_healthy_workers",
+    "num_remote_worker_restarts", "num_env_runners_dropped_lifetime", "actor_manager_num_outstanding_async_reqs",
+)
+ENV_RUNNER_METRICS = (  # under env_runners/ (training) and evaluation/env_runners/ (evaluation)
+    "episode_return_mean", "episode_return_min", "episode_return_max", "episode_reward_mean", "episode_reward_min",
+    "episode_reward_max", "episode_len_mean", "episodes_this_iter", "episodes_timesteps_total", "num_episodes",
+    "num_faulty_episodes",
+)
+EVALUATION_METRICS = (  # under evaluation/
+    "num_env_steps_sampled_this_iter", "num_agent_steps_sampled_this_iter", "timesteps_this_iter",
+    "num_healthy_workers", "num_remote_worker_restarts", "num_env_runners_dropped_lifetime",
+    "actor_manager_num_outstanding_async_reqs",
+)
+OPEN_METRIC_PREFIXES = (
+    "info/",  # info/learner/<policy id>/learner_stats/<loss, ...> and .../muzero/<replay and search metrics>
+    "custom_metrics/", "timers/", "counters/", "perf/", "config/",
+    *(f"{group}{sub}/" for group in ("env_runners/", "evaluation/env_runners/")
+      for sub in ("hist_stats", "policy_reward_mean", "policy_reward_min", "policy_reward_max", "custom_metrics",
+                  "connector_metrics", "sampler_perf")),
+)
+REPORTED_METRICS = frozenset(
+    (*TUNE_METRICS, *RLLIB_METRICS, *(f"env_runners/{m}" for m in ENV_RUNNER_METRICS),
+     *(f"evaluation/env_runners/{m}" for m in ENV_RUNNER_METRICS), *(f"evaluation/{m}" for m in EVALUATION_METRICS))
+)
+"""The exact stop keys accepted (besides :data:`OPEN_METRIC_PREFIXES`)."""
+
+
+def check_stop_criteria(stop: Any, where: str, config: dict) -> dict | None:
+    """Checks a ``stop`` mapping before Tune gets it: every key a metric a MuZero trial reports, every value a finite
+    number. A misspelled key is refused with the closest reported names (Tune would only warn and train forever);
+    an ``evaluation/...`` key needs evaluation switched on (``evaluation_interval``)."""
+    if stop is None:
+        return None
+    if not isinstance(stop, dict):
+        raise UserError(f"{where} must map metric names to numbers, e.g. {{training_iteration: 10}}; got {stop!r}")
+    for key, value in stop.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+            nested = " written as one key joined by '/', e.g. env_runners/episode_return_mean" if isinstance(
+                value, dict) else ""
+            raise UserError(f"Invalid stop criterion `{key}`={value!r} ({where}): expected a finite number (the "
+                            f"trial stops once the metric reaches it){nested}.")
+        if not isinstance(key, str) or not (key in REPORTED_METRICS or key.startswith(OPEN_METRIC_PREFIXES)):
+            raise UserError(f"Invalid stop criterion `{key}`={value!r} ({where}): expected a metric MuZero reports"
+                            f"{_closest_metrics(str(key))}, e.g. training_iteration, num_env_steps_sampled_lifetime, "
+                            "env_runners/episode_return_mean, time_total_s (nested keys joined by '/').")
+        if key.startswith("evaluation/") and not config.get("evaluation_interval"):
+            raise UserError(f"Invalid stop criterion `{key}`={value!r} ({where}): evaluation metrics are reported only "
+                            "with evaluation on; expected `evaluation_interval` >= 1 in the config, or a training "
+                            "metric such as env_runners/episode_return_mean.")
+    return stop
+
+
+def _closest_metrics(key: str) -> str:
+    names = sorted(REPORTED_METRICS)
+    close = [name for name in names if name.endswith("/" + key)]
+    close += [name for name in difflib.get_close_matches(key, names, n=3, cutoff=0.6) if name not in close]
+    return f" (did you mean {', '.join(repr(c) for c in close[:3])}?)" if close else ""
 
 
 def load_experiments(path: str) -> dict[str, dict]:
@@ -54,7 +142,44 @@ def load_experiments(path: str) -> dict[str, dict]:
             raise UserError(f"experiment `{name}`: unknown key `{unknown[0]}`; accepted: {sorted(EXPERIMENT_KEYS)}")
         if spec.get("run", "MuZero") != "MuZero":
             raise UserError(f"experiment `{name}`: `run` must be MuZero, got {spec['run']!r}")
+        _check_experiment_values(name, spec)
     return experiments
+
+
+def _check_experiment_values(name: str, spec: dict) -> None:
+    """The experiment-level settings Tune takes as given (a bad one fails only once Ray and Tune run, or never)."""
+    if "num_samples" in spec and not _is_int_at_least(spec["num_samples"], 1):
+        raise UserError(f"experiment `{name}`: `num_samples`={spec['num_samples']!r}: expected an integer >= 1 "
+                        "(trials to run)")
+    if "checkpoint_freq" in spec and not _is_int_at_least(spec["checkpoint_freq"], 0):
+        raise UserError(f"experiment `{name}`: `checkpoint_freq`={spec['checkpoint_freq']!r}: expected an integer "
+                        ">= 0 (iterations between checkpoints; 0 = none)")
+    if "checkpoint_at_end" in spec and not isinstance(spec["checkpoint_at_end"], bool):
+        raise UserError(f"experiment `{name}`: `checkpoint_at_end`={spec['checkpoint_at_end']!r}: expected true or "
+                        "false")
+    checkpoint = spec.get("checkpoint_config")
+    if checkpoint is not None:
+        if not isinstance(checkpoint, dict):
+            raise UserError(f"experiment `{name}`: `checkpoint_config` must be a mapping of tune.CheckpointConfig "
+                            f"fields, got {checkpoint!r}")
+        from ray import tune
+
+        try:
+            tune.CheckpointConfig(**checkpoint)
+        except (TypeError, ValueError) as e:
+            raise UserError(f"experiment `{name}`: invalid `checkpoint_config` {checkpoint!r}: "
+                            f"{' '.join(str(e).split())}") from None
+        frequency = checkpoint.get("checkpoint_frequency", 0)
+        if not _is_int_at_least(frequency, 0):
+            raise UserError(f"experiment `{name}`: `checkpoint_config.checkpoint_frequency`={frequency!r}: expected "
+                            "an integer >= 0 (iterations between checkpoints; 0 = none)")
+    for key in ("storage_path", "local_dir"):
+        if spec.get(key) is not None and not isinstance(spec[key], str):
+            raise UserError(f"experiment `{name}`: `{key}`={spec[key]!r}: expected a directory path")
+
+
+def _is_int_at_least(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
 def _first_variant(value: Any) -> Any:
@@ -91,6 +216,60 @@ def build_param_space(name: str, spec: dict, overrides: dict | None) -> dict:
     return config
 
 
+def check_resources(name: str, config: dict, num_cpus: int | None) -> None:
+    """Refuses a trial that asks for more CPUs or GPUs than the local Ray instance will have: Tune would keep it
+    PENDING forever. One trial's request is RLlib's placement group for the config (main process + env runners +
+    evaluation env runners); Ray gets ``--num-cpus`` or, by default, every CPU Ray detects. Skipped when connecting
+    to an existing cluster (``RAY_ADDRESS``), whose nodes are not known here."""
+    import ray
+
+    from rllib_muzero.algorithm import MuZero
+
+    if os.environ.get("RAY_ADDRESS") and not ray.is_initialized():
+        return
+    try:
+        request = MuZero.default_resource_request(_first_variant(config)).required_resources
+    except (ValueError, TypeError, KeyError) as e:
+        raise UserError(f"experiment `{name}`: {' '.join(str(e).split())}") from None
+    if ray.is_initialized():
+        available = ray.cluster_resources()
+        cpus, gpus = available.get("CPU", 0.0), available.get("GPU", 0.0)
+        cpu_source = gpu_source = "the running Ray instance"
+    else:
+        cpus = float(num_cpus) if num_cpus is not None else float(_detected_cpus())
+        cpu_source = "--num-cpus" if num_cpus is not None else "this machine; --num-cpus sets it"
+        gpus, gpu_source = float(_detected_gpus()), "this machine"
+    c = MuZero.get_default_config().update_from_dict(_first_variant(config))
+    if request.get("CPU", 0.0) > cpus:
+        breakdown = (f"`num_cpus_for_main_process`={c.num_cpus_for_main_process:g} + `num_env_runners`="
+                     f"{c.num_env_runners} x `num_cpus_per_env_runner`={c.num_cpus_per_env_runner:g}")
+        if request["CPU"] > c.num_cpus_for_main_process + c.num_env_runners * c.num_cpus_per_env_runner:
+            breakdown += f" + {c.evaluation_num_env_runners} evaluation env runner(s)"
+        raise UserError(f"experiment `{name}`: one trial needs {request['CPU']:g} CPUs ({breakdown}) but Ray has "
+                        f"{cpus:g} ({cpu_source}): the trial would wait for resources forever. Use fewer or fractional "
+                        "CPUs (e.g. `num_cpus_per_env_runner`: 0.5) or give Ray more.")
+    if request.get("GPU", 0.0) > gpus:
+        raise UserError(f"experiment `{name}`: one trial needs {request['GPU']:g} GPUs (`num_gpus`={c.num_gpus:g}, "
+                        f"`num_gpus_per_env_runner`={c.num_gpus_per_env_runner:g}) but {gpu_source} has {gpus:g}: the "
+                        "trial would wait for resources forever. Set them to 0 to train on the CPU.")
+
+
+def _detected_cpus() -> int:
+    """The CPUs a local ``ray.init()`` would register (Ray's own count, which respects container limits)."""
+    try:
+        from ray._private.utils import get_num_cpus  # private, so with a fallback
+
+        return int(get_num_cpus())
+    except Exception:
+        return os.cpu_count() or 1
+
+
+def _detected_gpus() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def _parse_json(text: str | None, option: str) -> dict | None:
     if text is None:
         return None
@@ -109,10 +288,23 @@ def train(args: argparse.Namespace) -> int:
     # in Ray's workers, which get the driver's working directory on their sys.path.
     if os.getcwd() not in sys.path:
         sys.path.append(os.getcwd())
+    for flag, value, minimum, meaning in (("--checkpoint-freq", args.checkpoint_freq, 0, "iterations between "
+                                           "checkpoints; 0 = none"), ("--num-samples", args.num_samples, 1, "trials"),
+                                          ("--num-cpus", args.num_cpus, 1, "CPUs for Ray")):
+        if value is not None and value < minimum:
+            raise UserError(f"{flag} must be an integer >= {minimum} ({meaning}), got {value}")
     experiments = load_experiments(args.file)
     overrides = _parse_json(args.config, "--config")
     stop_override = _parse_json(args.stop, "--stop")
-    prepared = [(name, spec, build_param_space(name, spec, overrides)) for name, spec in experiments.items()]
+    prepared = []
+    for name, spec in experiments.items():
+        param_space = build_param_space(name, spec, overrides)
+        if stop_override is not None:
+            check_stop_criteria(stop_override, "--stop", _first_variant(param_space))
+        else:
+            check_stop_criteria(spec.get("stop"), f"`stop` of experiment `{name}`", _first_variant(param_space))
+        check_resources(name, param_space, args.num_cpus)
+        prepared.append((name, spec, param_space))
 
     import ray
     from ray import tune
@@ -152,7 +344,8 @@ def train(args: argparse.Namespace) -> int:
             tuner = tune.Tuner(
                 "MuZero",
                 param_space=param_space,
-                tune_config=tune.TuneConfig(num_samples=args.num_samples or spec.get("num_samples", 1)),
+                tune_config=tune.TuneConfig(
+                    num_samples=args.num_samples if args.num_samples is not None else spec.get("num_samples", 1)),
                 run_config=run_config,
             )
         with status_table():  # Tune's table with return, env steps, learner updates (rllib_muzero/progress.py)
@@ -234,6 +427,8 @@ def _evaluate(args: argparse.Namespace, out: Any = None) -> int:
             raise EvaluationError(f"{flag} shapes the --plot-summary figure: add --plot-summary")
     if args.smooth is not None and args.smooth < 0:
         raise EvaluationError(f"--smooth must be >= 0 steps, got {args.smooth}")
+    if args.num_cpus is not None and args.num_cpus < 1:
+        raise EvaluationError(f"--num-cpus must be an integer >= 1 (CPUs for Ray), got {args.num_cpus}")
     if args.sleep is not None and not args.sleep >= 0:
         raise EvaluationError(f"--sleep must be >= 0 seconds, got {args.sleep}")
     if args.sleep and not (args.render or args.save_gif_as):
@@ -375,7 +570,7 @@ def _add_evaluate_parser(sub: Any) -> None:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rllib-muzero", description="MuZero for Ray RLlib")
+    parser = _ArgumentParser(prog="rllib-muzero", description="MuZero for Ray RLlib")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train the experiments of a classic RLlib tuned-example YAML file with Tune")
     p.add_argument("file", help="YAML file: {name: {run: MuZero, env, stop, config}}")
@@ -394,8 +589,8 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
     try:
+        args = make_parser().parse_args(argv)
         return args.func(args)
     except UserError as e:
         print(f"rllib-muzero: error: {e}", file=sys.stderr)

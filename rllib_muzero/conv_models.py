@@ -60,7 +60,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from rllib_muzero.models import MuZeroModelV2, merge_model_options, mlp, scale_hidden_state
+from rllib_muzero.models import MuZeroModelV2, merge_model_options, mlp, model_option_error, scale_hidden_state
 
 __all__ = ["CONV_MODELS", "ResidualMuZeroModel", "TinyConvMuZeroModel"]
 
@@ -74,7 +74,7 @@ MAX_CHANNELS_LAST_DEPTH = 16  # "auto": a rank-3 observation (H, W, C) with C <=
 
 
 def _fail(key: str, expected: str, value: Any) -> NoReturn:
-    raise ValueError(f"`model.custom_model_config.{key}` must be {expected}, got {value!r}")
+    raise model_option_error(key, value, expected)
 
 
 def _int_at_least(key: str, value: Any, minimum: int) -> int:

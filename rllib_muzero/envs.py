@@ -270,9 +270,12 @@ def _is_gym_id(env_id: str) -> bool:
 
 
 def check_env_id(env_id: str) -> None:
-    """Raises ``ValueError`` for a string env that is neither Tune-registered, a class path, nor a gymnasium id
-    (legacy ids included), with the closest known ids, so a typo fails before any env runner starts."""
-    if _global_registry.contains(ENV_CREATOR, env_id) or not _is_gym_id(env_id):
+    """Raises ``ValueError`` for a string env that is neither Tune-registered, an importable class path, nor a
+    gymnasium id (legacy ids included), with the closest known ids, so a typo fails before any env runner starts."""
+    if _global_registry.contains(ENV_CREATOR, env_id):
+        return
+    if not _is_gym_id(env_id):
+        check_env_class_path(env_id)
         return
     modern = resolve_env_id(env_id)[0]
     spec = _gym_spec(modern)
@@ -288,6 +291,32 @@ def check_env_id(env_id: str) -> None:
                      f"and not a gymnasium id.{hint} Atari ids need `pip install \"rllib-muzero[atari]\"`, "
                      "LunarLander `pip install \"rllib-muzero[box2d]\"`, MinAtar games (`MinAtar/Breakout-v1`, "
                      f"...) `{MINATAR_INSTALL}`.")
+
+
+def check_env_class_path(path: str) -> None:
+    """Imports a ``module.EnvClass`` path as RLlib will in every env runner; raises a one-line ``ValueError`` naming
+    the module or attribute and the import error.
+
+    RLlib only builds the class inside the env runners and reports a failure there as a multi-line "The env string
+    you provided ... is:" message (a CLI showing its first line showed nothing useful); importing here costs what the
+    driver's own env probe (``check_env_spaces``) costs anyway.
+    """
+    check_import_path("env", path, "a Tune-registered name, a gymnasium id or an importable `module.EnvClass` path")
+
+
+def check_import_path(option: str, path: str, accepted: str) -> None:
+    """Refuses a ``module.Name`` path (config option ``option``) that does not import, naming the module or the
+    missing attribute and the import error in one line (``Invalid MuZero config `option`=path: expected ...``)."""
+    module_name, _, attribute = path.rpartition(".")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as error:  # the user's module may fail in any way while importing
+        detail = " ".join(str(error).split()) or type(error).__name__
+        raise ValueError(f"Invalid MuZero config `{option}`={path!r}: expected {accepted}; importing module "
+                         f"`{module_name}` failed: {type(error).__name__}: {detail}.") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"Invalid MuZero config `{option}`={path!r}: expected {accepted}; module `{module_name}` has "
+                         f"no attribute `{attribute}`.")
 
 
 def is_ale_env_id(env_id: str) -> bool | None:

@@ -38,6 +38,8 @@ from rllib_muzero.numpy_inference import HIDDEN_STATE_SCALE_EPS, NumpyMLPInferen
 __all__ = [
     "DEFAULT_MODEL_NAME",
     "FullyConnectedMuZeroModel",
+    "ModelOptionError",
+    "check_model_options",
     "merge_model_options",
     "mlp",
     "MuZeroModelV2",
@@ -245,6 +247,27 @@ _ACTIVATIONS: dict[str, type[nn.Module]] = {
 }
 
 
+class ModelOptionError(ValueError):
+    """A bad ``custom_model_config`` entry of a built-in network: the option, its value and what is accepted.
+
+    A ``ValueError`` with the networks' own message; the fields let ``MuZeroConfig.validate()`` restate it in the
+    config's one-line style (``Invalid MuZero config `model.custom_model_config.<key>`=value: expected ...``), since
+    the config checks the options statically, before any network (or worker) is built.
+    """
+
+    def __init__(self, message: str, *, key: str, value: Any, expected: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.value = value
+        self.expected = expected
+
+
+def model_option_error(key: str, value: Any, expected: str) -> ModelOptionError:
+    """The error for a bad ``custom_model_config`` value: "`model.custom_model_config.<key>` must be <expected>"."""
+    return ModelOptionError(f"`model.custom_model_config.{key}` must be {expected}, got {value!r}", key=key,
+                            value=value, expected=expected)
+
+
 def merge_model_options(model_class: type, model_config: Mapping[str, Any] | None,
                         kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """A built-in network's options: ``model_class.DEFAULT_CONFIG`` updated by ``model_config["custom_model_config"]``
@@ -254,11 +277,24 @@ def merge_model_options(model_class: type, model_config: Mapping[str, Any] | Non
     given.update(kwargs)
     unknown = sorted(set(given) - set(model_class.DEFAULT_CONFIG))
     if unknown:
-        raise ValueError(
+        raise ModelOptionError(
             f"unknown `model.custom_model_config` option(s) {unknown} for {model_class.__name__}; "
-            f"known: {sorted(model_class.DEFAULT_CONFIG)}"
+            f"known: {sorted(model_class.DEFAULT_CONFIG)}",
+            key=unknown[0], value=given[unknown[0]], expected=f"an option of {model_class.__name__}",
         )
     return {**model_class.DEFAULT_CONFIG, **given}
+
+
+def check_model_options(model_class: type, model_config: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Checks ``model_config["custom_model_config"]`` for a built-in network without building it; returns the
+    resolved options.
+
+    ``MuZeroConfig.validate()`` calls it so a misspelled or out-of-range network option fails in the driver, as one
+    line, instead of inside every env runner once Ray has started. ``model_class`` must define
+    ``_resolve_options(model_config, kwargs)`` (every built-in network does; a user's ``MuZeroModelV2`` is checked
+    when it is built). Raises :class:`ModelOptionError`.
+    """
+    return model_class._resolve_options(model_config, {})
 
 
 def mlp(in_size: int, layers: Sequence[int], out_size: int, activation: str, *, zero_last: bool) -> nn.Sequential:
@@ -403,20 +439,17 @@ class FullyConnectedMuZeroModel(MuZeroModelV2):
 
         def positive_int(key: str, value: Any) -> int:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"`model.custom_model_config.{key}` must be a positive integer, got {value!r}")
+                raise model_option_error(key, value, "a positive integer")
             return int(value)
 
         options["hidden_size"] = positive_int("hidden_size", options["hidden_size"])
         for key in ("representation_layers", "dynamics_layers", "reward_layers", "value_layers", "policy_layers"):
             layers = options[key]
             if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
-                raise ValueError(f"`model.custom_model_config.{key}` must be a list of layer widths, got {layers!r}")
+                raise model_option_error(key, layers, "a list of layer widths")
             options[key] = [positive_int(key, width) for width in layers]
         if options["activation"] not in _ACTIVATIONS:
-            raise ValueError(
-                f"`model.custom_model_config.activation` must be one of {sorted(_ACTIVATIONS)}, "
-                f"got {options['activation']!r}"
-            )
+            raise model_option_error("activation", options["activation"], f"one of {sorted(_ACTIVATIONS)}")
         return options
 
     def representation(self, obs: Tensor) -> Tensor:

@@ -68,6 +68,88 @@ def split_action_mask_space(observation_space: gym.Space, mask_key: str, num_act
     return mask_key, original.spaces[others[0]]
 
 
+class PreStepCopy:
+    """What one learner update may change, copied before the update so that a non-finite update can be undone.
+
+    An update changes the trained parameters (optimizer step), the networks' buffers (BatchNorm running statistics,
+    moved by the forward pass in training mode) and the optimizer's per-parameter state (Adam's moments and step
+    count, SGD's momentum). The guard in :meth:`MuZeroTorchPolicy.learn_on_replay_batch` calls :meth:`take` before
+    the forward pass and, when the loss, the gradient, the priorities or anything the step produced is not finite,
+    :meth:`restore`: the policy is then exactly as before the update (bit for bit), whatever made it non-finite
+    (``lr`` far too high, an overflowing second moment, an inf observation that reached BatchNorm's statistics).
+
+    This runs on every learner update, so the copy goes into buffers allocated once and reused (reallocated only
+    when the set of tensors changes, i.e. after the optimizer's first step creates its state), with one fused
+    ``torch._foreach_copy_``; :meth:`all_finite` is one fused reduction and a single host sync. :meth:`restore` is
+    the rare path and may allocate.
+    """
+
+    def __init__(self) -> None:
+        self._sources: list[torch.Tensor] = []  # tensors copied, in place: parameters, buffers, optimizer state
+        self._buffers: list[torch.Tensor] = []  # their copies (reused from update to update)
+        self._shapes: list[tuple[torch.Size, torch.dtype]] = []
+        self._num_module_tensors = 0  # parameters and buffers come first in _sources, optimizer state after
+        # Per optimized parameter: (parameter, keys of its tensor state in _sources order, its non-tensor state).
+        self._optimizer_layout: list[tuple[torch.Tensor, tuple[str, ...], dict[str, Any]]] = []
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    @staticmethod
+    def _module_tensors(modules: list[torch.nn.Module]) -> list[torch.Tensor]:
+        return [t for m in modules for t in (*m.parameters(), *m.buffers())]
+
+    @torch.no_grad()
+    def take(self, modules: list[torch.nn.Module], optimizer: torch.optim.Optimizer) -> None:
+        """Copies the parameters and buffers of ``modules`` and ``optimizer``'s state (call before the update)."""
+        sources = self._module_tensors(modules)
+        num_module_tensors = len(sources)
+        layout = []
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                state = optimizer.state.get(p) or {}  # .get: the state is a defaultdict, do not create entries
+                tensor_keys = tuple(k for k, v in state.items() if isinstance(v, torch.Tensor))
+                layout.append((p, tensor_keys, {k: v for k, v in state.items() if not isinstance(v, torch.Tensor)}))
+                sources.extend(state[k] for k in tensor_keys)
+        shapes = [(s.shape, s.dtype) for s in sources]
+        if shapes != self._shapes:
+            self._buffers = [torch.empty_like(s, memory_format=torch.preserve_format) for s in sources]
+            self._shapes = shapes
+        torch._foreach_copy_(self._buffers, sources)
+        self._sources, self._num_module_tensors = sources, num_module_tensors
+        self._optimizer_layout, self._optimizer = layout, optimizer
+
+    @torch.no_grad()
+    def all_finite(self, modules: list[torch.nn.Module], optimizer: torch.optim.Optimizer) -> bool:
+        """Whether every floating-point parameter, buffer and optimizer-state tensor is finite (NaN/inf-free)."""
+        tensors = self._module_tensors(modules)
+        for state in optimizer.state.values():  # read now: the first step creates the state
+            tensors.extend(v for v in state.values() if isinstance(v, torch.Tensor))
+        tensors = [t for t in tensors if t.is_floating_point() and t.numel() > 0]
+        if not tensors:
+            return True
+        # The 2-norm of each tensor, accumulated in float64: NaN or inf anywhere makes it non-finite, and finite
+        # float32 values cannot overflow it (numel * (3.4e38)^2 << 1.8e308). ~4x faster than ord=inf on CPU.
+        norms = torch._foreach_norm(tensors, 2, dtype=torch.float64)
+        return bool(torch.isfinite(torch.stack(norms)).all())
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Puts back what :meth:`take` copied: parameters and buffers in place (the optimizer keeps its Parameter
+        objects), the optimizer state as it was (state the update created is dropped)."""
+        for source, copy_ in zip(self._sources[:self._num_module_tensors], self._buffers):
+            source.copy_(copy_)
+        optimizer = self._optimizer
+        if optimizer is None:
+            return
+        copies = iter(self._buffers[self._num_module_tensors:])
+        for p, tensor_keys, others in self._optimizer_layout:
+            state = {k: next(copies).clone() for k in tensor_keys}
+            state.update(others)
+            if state:
+                optimizer.state[p] = state
+            else:
+                optimizer.state.pop(p, None)
+
+
 class MuZeroTorchPolicy(TorchPolicyV2):
     """Old-stack RLlib policy whose action computation runs MuZero's search over the whole observation batch.
 
@@ -113,6 +195,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self.rng = np.random.default_rng(np.random.SeedSequence(entropy))
         self._workspace = SearchWorkspace()
         self.num_nonfinite_updates = 0
+        self._pre_step = PreStepCopy()  # the learner's undo copy of a non-finite update (learn_on_replay_batch)
         self.last_search: AnySearchOutput | None = None
         self._target_model: MuZeroModelV2 | None = None  # built by the learner on first use (target_model())
         self._target_updated_at = 0  # num_grad_updates when the target network was last refreshed
@@ -141,6 +224,10 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         if self.consistency_heads is not None:
             params += list(self.consistency_heads.parameters())
         return params
+
+    def _trained_modules(self) -> list[torch.nn.Module]:
+        """The modules a learner update changes: the network, plus the consistency heads when they exist."""
+        return [self.model] if self.consistency_heads is None else [self.model, self.consistency_heads]
 
     def _make_network(self) -> MuZeroModelV2:
         return ModelCatalog.get_model_v2(
@@ -291,12 +378,16 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         """Policy reanalyse: ``(M, *obs) -> (M, A)`` fresh policy targets from one batched search with the target
         network, root noise as when acting (EfficientZero), from a generator of its own (the acting noise stream is
         untouched); the ``search_fn`` of :func:`~rllib_muzero.reanalyse.reanalyse_policy_targets`."""
+        result = self.search(obs, explore=True, rng=self._reanalyse_generator(), model=self.target_model())
+        return policy_targets(result)
+
+    def _reanalyse_generator(self) -> np.random.Generator:
+        """The generator of policy reanalyse's root noise, made on first use from the config seed and runner index."""
         if self._reanalyse_rng is None:
             seed = self.config.get("seed")
             entropy = [int(seed), int(self.config.get("worker_index", 0)), 7] if seed is not None else None
             self._reanalyse_rng = np.random.default_rng(np.random.SeedSequence(entropy))
-        result = self.search(obs, explore=True, rng=self._reanalyse_rng, model=self.target_model())
-        return policy_targets(result)
+        return self._reanalyse_rng
 
     # ------------------------------------------------------------------ learning
     def loss(self, model: MuZeroModelV2, dist_class: Any, train_batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -332,11 +423,15 @@ class MuZeroTorchPolicy(TorchPolicyV2):
     def learn_on_replay_batch(self, batch: dict[str, np.ndarray]) -> dict[str, Any]:
         """One learner update on a replay batch: loss, backward, clip, step.
 
-        A non-finite loss, gradient norm or new priority skips the optimizer step (weights stay as they were) and is
-        counted in ``num_nonfinite_updates``.
+        The non-finite guard: a non-finite loss, gradient norm or new priority skips the optimizer step, and a step
+        that leaves any parameter, buffer or optimizer-state tensor non-finite (e.g. a learning rate far too high)
+        is undone. Either way the policy is left exactly as before the update (:class:`PreStepCopy`), the update is
+        counted in ``num_nonfinite_updates`` and ``"finite"`` is False, and it does not count as a learner update:
+        ``num_grad_updates``, which drives the learning-rate schedule, the target-network refresh and the
+        temperature schedule, does not advance.
 
         Returns:
-            ``{"learner_stats": {...}, "priorities": [B] |v_t^0 - z_t| from the current network}``.
+            ``{"learner_stats": {...}, "priorities": [B] |v_t^0 - z_t| from the current network, "finite": bool}``.
         """
         self.model.train()
         skip = (columns.TRAIN_INDICES, columns.TRAIN_GENERATIONS)
@@ -352,6 +447,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         for group in optimizer.param_groups:
             group["lr"] = self.current_lr()
         optimizer.zero_grad(set_to_none=True)
+        trained_modules = self._trained_modules()
+        self._pre_step.take(trained_modules, optimizer)  # before the forward pass: it moves BatchNorm statistics
         total = self.loss(self.model, None, tensors)
         out: LossOutput = self.model.tower_stats["muzero_loss_output"]
         total.backward()
@@ -359,16 +456,20 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         grad_norm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), clip if clip else math.inf)
         priorities = out.priorities.detach()
         # A NaN/inf anywhere (loss, gradient, or the new priorities, e.g. from an inf target that the support clamps)
-        # skips the step: nothing non-finite reaches the weights or the replay's sum tree.
+        # skips the step: nothing non-finite reaches the weights or the replay's sum tree. A step that makes the
+        # weights or the optimizer state non-finite is undone.
         finite = bool(torch.isfinite(total)) and bool(torch.isfinite(grad_norm)) and bool(
             torch.isfinite(priorities).all())
         if finite:
             optimizer.step()
+            finite = self._pre_step.all_finite(trained_modules, optimizer)
+        if finite:
+            self.num_grad_updates += 1  # only applied updates advance the schedules
+            self._refresh_target_model()
         else:
+            self._pre_step.restore()
             optimizer.zero_grad(set_to_none=True)
             self.num_nonfinite_updates += 1
-        self.num_grad_updates += 1
-        self._refresh_target_model()
         stats = {
             "total_loss": float(total.detach()),
             "value_loss": float(out.value_loss),
@@ -399,6 +500,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         if self._target_model is not None:  # learner side only: exact resume of the reanalysed targets
             state["muzero"]["target_model"] = {k: v.cpu() for k, v in self._target_model.state_dict().items()}
             state["muzero"]["target_updated_at"] = self._target_updated_at
+        if self._reanalyse_rng is not None:  # learner side: the root noise of policy reanalyse, for exact resume
+            state["muzero"]["reanalyse_rng_state"] = self._reanalyse_rng.bit_generator.state
         return state
 
     def set_state(self, state: dict) -> None:
@@ -416,3 +519,5 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             if "target_model" in extra and int(self.config.get("worker_index", 0)) == 0:  # the learner's policy
                 self.target_model().load_state_dict(extra["target_model"])
                 self._target_updated_at = extra["target_updated_at"]
+            if "reanalyse_rng_state" in extra and int(self.config.get("worker_index", 0)) == 0:
+                self._reanalyse_generator().bit_generator.state = extra["reanalyse_rng_state"]

@@ -383,6 +383,9 @@ class MinAtarEnv(gym.Env):
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 15}
+    # Pickling captures the whole game (MinAtar's state and its RandomState are plain Python/numpy attributes;
+    # tests/test_envs.py checks every game), so checkpoints carry episodes in progress (rllib_muzero.runner_state).
+    muzero_pickles_state = True
 
     def __init__(self, game: str, *, use_minimal_action_set: bool = True, sticky_action_prob: float = 0.1,
                  difficulty_ramping: bool = True, render_mode: str | None = None, render_scale: int = 16):

@@ -685,3 +685,30 @@ def test_minatar_ids_without_minatar_name_the_extra(monkeypatch):
         MinAtarEnv("breakout")
     with pytest.raises(ValueError, match="Unknown MinAtar game"):
         MinAtarEnv("pong")
+
+
+@needs_minatar
+@pytest.mark.parametrize("game", sorted(rllib_muzero.envs.MINATAR_GAMES.values()))
+def test_a_pickled_minatar_game_continues_exactly(game):
+    """MinAtarEnv declares ``muzero_pickles_state``: a pickled copy must play on exactly like the original (so
+    checkpoints may carry MinAtar episodes in progress, rllib_muzero.runner_state)."""
+    import pickle
+
+    from rllib_muzero.envs import MinAtarEnv
+    from rllib_muzero.runner_state import env_state_pickles
+
+    env = MinAtarEnv(game)
+    assert env_state_pickles(env)
+    env.reset(seed=1)
+    rng = np.random.default_rng(0)
+    for _ in range(57):
+        if env.step(int(rng.integers(env.action_space.n)))[2]:
+            env.reset()
+    copy = pickle.loads(pickle.dumps(env))
+    for _ in range(300):
+        action = int(rng.integers(env.action_space.n))
+        (o1, r1, t1, _, _), (o2, r2, t2, _, _) = env.step(action), copy.step(action)
+        np.testing.assert_array_equal(o1, o2)
+        assert (r1, t1) == (r2, t2)
+        if t1:
+            np.testing.assert_array_equal(env.reset()[0], copy.reset()[0])

@@ -334,35 +334,30 @@ def test_every_metric_a_trial_reports_is_an_accepted_stop_key(ray_session):
 
 
 # --- build time: spaces the network cannot take ----------------------------------------------------------------------
-class BadMaskEnv(gym.Env):
+class _OneStepEnv(gym.Env):
+    """A random observation of its space, then the episode ends: only the spaces matter to these tests."""
+
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, config=None):
+        super().__init__()
+
+    def reset(self, *, seed=None, options=None):
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        return self.observation_space.sample(), 0.0, True, False, {}
+
+
+class BadMaskEnv(_OneStepEnv):
     """Two actions, but an action mask of three entries (the CLI test names it by its class path)."""
 
     observation_space = gym.spaces.Dict({"observations": gym.spaces.Box(-1.0, 1.0, (4,), np.float32),
                                          "action_mask": gym.spaces.Box(0.0, 1.0, (3,), np.float32)})
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, config=None):
-        super().__init__()
-
-    def reset(self, *, seed=None, options=None):
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), 0.0, True, False, {}
 
 
-class _ImageEnv(gym.Env):
+class _ImageEnv(_OneStepEnv):
     observation_space = gym.spaces.Box(0, 255, (8, 8, 3), np.uint8)
-    action_space = gym.spaces.Discrete(2)
-
-    def __init__(self, config=None):
-        super().__init__()
-
-    def reset(self, *, seed=None, options=None):
-        return self.observation_space.sample(), {}
-
-    def step(self, action):
-        return self.observation_space.sample(), 0.0, True, False, {}
 
 
 @pytest.mark.integration

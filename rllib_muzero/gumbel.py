@@ -393,43 +393,74 @@ def _select_interior(
     node_visits,
     node_q,
     node_raw_value,
-    root_legal,
     c_visit,
     c_scale,
-    completed,
-    sigma,
+    visits,
+    weights,
 ):
     """mctx ``gumbel_muzero_interior_action_selection``: ``argmax_a pi'(a) - N(a) / (1 + sum_b N(b))`` (paper Sec. 5),
-    ``pi'(a) = P(a) exp(sigma(a)) / sum_b P(b) exp(sigma(b))`` (convention 7); ties -> lowest index."""
+    ``pi'(a) = P(a) exp(sigma(a)) / sum_b P(b) exp(sigma(b))`` (convention 7); ties -> lowest index.
+
+    The same arithmetic as :func:`_completed_q` followed by the softmax, fused into two passes over the children
+    (this runs at every interior node of every descent, the search's hottest code): the first gathers ``N``, ``q``,
+    ``v_mix`` and the min / max of completed Q; the second forms ``pi'``. ``max_a sigma(a)`` needs no pass of its own:
+    the rescaling is monotone in ``q``, so it is ``sigma`` at ``max completedQ``, bit for bit. ``visits`` and
+    ``weights`` [A] are scratch rows (``N(a)`` and unnormalised ``pi'``).
+    """
     num_actions = children_index.shape[2]
-    sum_visits = _completed_q(
-        b,
-        node,
-        children_index,
-        children_prior,
-        node_visits,
-        node_q,
-        node_raw_value,
-        root_legal,
-        c_visit,
-        c_scale,
-        completed,
-        sigma,
-    )
-    max_sigma = sigma[0]
-    for a in range(1, num_actions):
-        if sigma[a] > max_sigma:
-            max_sigma = sigma[a]
+    sum_visits = 0
+    max_visits = 0
+    sum_prior = 0.0
+    sum_prior_q = 0.0
+    lo = math.inf
+    hi = -math.inf
+    any_unvisited = False
+    for a in range(num_actions):
+        child = children_index[b, node, a]
+        if child == UNVISITED:
+            visits[a] = 0.0
+            any_unvisited = True
+            continue
+        n = node_visits[b, child]
+        visits[a] = n
+        sum_visits += n
+        if n > max_visits:
+            max_visits = n
+        p = np.float64(children_prior[b, node, a])
+        if p < PRIOR_FLOOR:
+            p = PRIOR_FLOOR
+        q = node_q[b, child]
+        sum_prior += p
+        sum_prior_q += p * q
+        if q < lo:
+            lo = q
+        if q > hi:
+            hi = q
+    v_mix = node_raw_value[b, node]  # v_hat
+    if sum_visits > 0:
+        v_mix = (v_mix + sum_visits * (sum_prior_q / sum_prior)) / (1.0 + sum_visits)
+    if any_unvisited:
+        if v_mix < lo:
+            lo = v_mix
+        if v_mix > hi:
+            hi = v_mix
+    span = hi - lo
+    if not span > RESCALE_EPSILON:
+        span = RESCALE_EPSILON
+    scale = (c_visit + max_visits) * c_scale
+    max_sigma = scale * ((hi - lo) / span)
     total = 0.0
     for a in range(num_actions):
-        weight = np.float64(children_prior[b, node, a]) * math.exp(sigma[a] - max_sigma)
-        sigma[a] = weight  # the scratch row now holds unnormalised pi'
+        child = children_index[b, node, a]
+        q = v_mix if child == UNVISITED else node_q[b, child]
+        weight = np.float64(children_prior[b, node, a]) * math.exp(scale * ((q - lo) / span) - max_sigma)
+        weights[a] = weight
         total += weight
     denominator = 1.0 + sum_visits
     best_action = -1
     best_score = -math.inf
     for a in range(num_actions):
-        score = sigma[a] / total - _child_visits(b, node, a, children_index, node_visits) / denominator
+        score = weights[a] / total - visits[a] / denominator
         if best_action < 0 or score > best_score:
             best_action = a
             best_score = score
@@ -496,7 +527,6 @@ def _simulate(
                 node_visits,
                 node_q,
                 node_raw_value,
-                root_legal,
                 c_visit,
                 c_scale,
                 completed,
@@ -626,6 +656,32 @@ def _validate(
     return _GumbelParams(num_simulations, discount, max_num_considered_actions, gumbel_scale, c_visit, c_scale)
 
 
+@numba.njit(cache=True)
+def _init_gumbel_root_kernel(prior_logits, legal, gumbel, max_considered, root_logits, considered, num_considered):
+    """Per root: the logits minus their legal maximum (0 where illegal), ``k = min(m, #legal)`` and the Gumbel-top-k
+    set, the ``k`` legal actions with the largest ``g + logits`` (a stable sort: ties -> lower index)."""
+    batch_size, num_actions = legal.shape
+    keys = np.empty(num_actions, np.float64)
+    for b in range(batch_size):
+        top = -math.inf
+        num_legal = 0
+        for a in range(num_actions):
+            if legal[b, a]:
+                num_legal += 1
+                logit = np.float64(prior_logits[b, a])
+                if logit > top:
+                    top = logit
+        for a in range(num_actions):
+            root_logits[b, a] = np.float64(prior_logits[b, a]) - top if legal[b, a] else 0.0
+            keys[a] = -(gumbel[b, a] + root_logits[b, a]) if legal[b, a] else math.inf
+            considered[b, a] = False
+        k = min(max_considered, num_legal)
+        num_considered[b] = k
+        order = np.argsort(keys, kind="mergesort")
+        for i in range(k):
+            considered[b, order[i]] = True
+
+
 def _init_gumbel_root(
     buffers: _GumbelBuffers,
     prior_logits: np.ndarray,
@@ -635,20 +691,13 @@ def _init_gumbel_root(
     rng: np.random.Generator | None,
 ) -> None:
     """Root logits, Gumbel noise and the Gumbel-top-k considered set."""
-    logits = np.where(legal, prior_logits.astype(np.float64), -np.inf)  # [B, A]
-    logits = logits - logits.max(axis=1, keepdims=True)
-    buffers.root_logits[...] = np.where(legal, logits, 0.0)
     if add_gumbel_noise:
-        buffers.gumbel[...] = params.gumbel_scale * rng.gumbel(size=legal.shape)  # [B, A]
+        buffers.gumbel[...] = rng.gumbel(size=legal.shape)  # [B, A]
+        buffers.gumbel *= params.gumbel_scale
     else:
         buffers.gumbel.fill(0.0)
-    num_actions = legal.shape[1]
-    buffers.num_considered[...] = np.minimum(params.max_num_considered_actions, legal.sum(axis=1))  # k per root
-    # Gumbel-top-k: rank of each action in decreasing g + logits (stable: ties -> lower index), illegal ones last.
-    order = np.argsort(np.where(legal, -(buffers.gumbel + buffers.root_logits), np.inf), axis=1, kind="stable")
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(num_actions)[None, :], axis=1)
-    buffers.considered[...] = rank < buffers.num_considered[:, None]
+    _init_gumbel_root_kernel(prior_logits, legal, buffers.gumbel, params.max_num_considered_actions,
+                             buffers.root_logits, buffers.considered, buffers.num_considered)
 
 
 def gumbel_muzero_search(

@@ -4,11 +4,11 @@ Why it exists: the search calls the network once per simulation on a handful of 
 torch forward pass costs its ~25 operators' dispatch overhead (3-8 us each), not their arithmetic; the same forward
 pass in numpy, on output buffers preallocated per batch size, costs about 1 us per operator, and its matrix products go
 to an optimised BLAS ``sgemm`` just as torch's do. On issue #7's comparison network (64-wide layers, 601-atom value and
-reward heads) one recurrent inference with its scalar read-out drops from 119 to 15 us at 1 row, from 154 to 45 us at
+reward heads) one recurrent inference with its scalar read-out drops from 119 to 11 us at 1 row, from 154 to 45 us at
 8 rows and from 238 to 136 us at 32 rows (``benchmarks/search_speed.py``'s network-only bound; docs/benchmarks.md).
 The elementwise steps that run once per simulation (hidden-state scaling, bias + ReLU) are small numba kernels, one
-pass each instead of several numpy calls; for a single row, a ReLU network's whole recurrent step is one numba kernel
-(23 us through numpy -> 15 us: see ``COMPILED_STEP_MAX_ROWS``). This is hand-written on purpose:
+pass each instead of several numpy calls; for up to 3 rows, a ReLU network's whole recurrent step is one numba kernel
+(23 us through numpy -> 11 us at 1 row: see ``COMPILED_STEP_MAX_ROWS``). This is hand-written on purpose:
 ``torch.compile`` needs a C++ toolchain at run time and still pays a per-call guard cost of the same order, and
 TorchScript is deprecated.
 
@@ -41,11 +41,13 @@ from torch import nn
 
 from rllib_muzero.support import DEFAULT_EPS, DiscreteSupport, _h_inverse_kernel
 
-# Batches of at most this many rows run the whole recurrent step as one compiled kernel (ReLU networks). For one row
-# (a single search: serving, evaluation, compute_single_action) the ~20 numpy calls' fixed costs outweigh the work:
-# 23 -> 15 us per step on the comparison network. From two rows on, BLAS products and numpy's vectorised exp win (the
-# kernel's exp is scalar): 26 vs 25 us at 2 rows, 51 vs 31 us at 4 (benchmarks/search_speed.py's bound, 2026-11-26).
-COMPILED_STEP_MAX_ROWS = 1
+# Batches of at most this many rows run the whole recurrent step as one compiled kernel (ReLU networks). For a few rows
+# (a single search: serving, evaluation, compute_single_action; a runner with 2 or 3 envs) the ~20 numpy calls' fixed
+# costs outweigh the work. On the comparison network (benchmarks/search_speed.py's bound, 2026-11-30, 50 calls):
+# 0.54 ms at 1 row, 0.89 vs 1.57 ms through numpy at 2 rows, 1.22 vs 1.97 at 3, even at 4 (1.67 vs 1.65), and numpy's
+# BLAS products win from there (3.01 vs 2.21 at 8). Before the kernel's exp vectorised (``_k_exp_shifted``) only one
+# row paid off (26 vs 25 us per step at 2 rows).
+COMPILED_STEP_MAX_ROWS = 3
 # The epsilon of the hidden-state min-max scaling (paper Appendix G), shared with models.scale_hidden_state (torch):
 # defined here, the lower of the two modules, so that models.py imports it and not the other way round.
 HIDDEN_STATE_SCALE_EPS = 1e-8
@@ -327,9 +329,42 @@ def _k_mlp(x: np.ndarray, params: np.ndarray, layers: np.ndarray, start: int, st
     return x
 
 
+# exp in float32 as the compiled read-out computes it (Cephes' expf: Moshier, "Methods and Programs for Mathematical
+# Functions", 1989): x = n ln2 + r with |r| <= ln2 / 2, exp(r) by a degree-7 polynomial, 2^n by writing n + 127 into the
+# exponent bits. Hand-written because numba's np.exp is a scalar libm call (no SVML without Intel's icc_rt), while this
+# loop vectorises: the read-out of two 601-atom rows takes 0.8 us instead of 2.8 us. Relative error <= 1.2e-7 over
+# [-87, 0] (checked in tests/test_numpy_inference.py); arguments below -87 give exp(-87) ~ 1.6e-38 instead of a
+# smaller number or 0, which no softmax over fewer than 1e30 atoms can notice; NaN stays NaN.
+_EXP_LOG2E = np.float32(1.4426950408889634)
+_EXP_LN2_HI = np.float32(0.693359375)
+_EXP_LN2_LO = np.float32(-2.12194440e-4)
+_EXP_POLY = tuple(np.float32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2,
+                                           1.6666665459e-1, 5.0000001201e-1))
+_EXP_MIN_ARG = np.float32(-87.0)
+
+
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
-def _k_readout(rows: np.ndarray, atoms: np.ndarray, transform: bool, eps: float, out: np.ndarray) -> None:
-    """:class:`Readout` for a few rows: softmax expectation over ``atoms`` (empty: a scalar head), then h^-1."""
+def _k_exp_shifted(row: np.ndarray, top: np.float32, mantissa: np.ndarray, exponent_bits: np.ndarray) -> None:
+    """``exp(row[j] - top)`` for a float32 row, as ``mantissa[j] * exponent_bits.view(float32)[j]`` (scratch rows of
+    at least the row's length; see ``_EXP_POLY``). Split in two so that both loops vectorise."""
+    p5, p4, p3, p2, p1, p0 = _EXP_POLY
+    for j in range(row.shape[0]):
+        x = np.float32(row[j] - top)
+        if x < _EXP_MIN_ARG:
+            x = _EXP_MIN_ARG
+        n = np.floor(x * _EXP_LOG2E + np.float32(0.5))
+        r = x - n * _EXP_LN2_HI - n * _EXP_LN2_LO
+        y = ((((p5 * r + p4) * r + p3) * r + p2) * r + p1) * r + p0
+        mantissa[j] = y * r * r + r + np.float32(1.0)
+        exponent_bits[j] = (np.int32(n) + np.int32(127)) << np.int32(23)
+
+
+@numba.njit(cache=True, nogil=True, fastmath=_FAST)
+def _k_readout(rows: np.ndarray, atoms: np.ndarray, transform: bool, eps: float, out: np.ndarray,
+               mantissa: np.ndarray, exponent_bits: np.ndarray) -> None:
+    """:class:`Readout` for a few rows: softmax expectation over ``atoms`` (empty: a scalar head), then h^-1.
+    ``mantissa`` (float32) and ``exponent_bits`` (int32) are scratch rows at least as long as ``atoms``."""
+    powers = exponent_bits.view(np.float32)
     for i in range(rows.shape[0]):
         if atoms.shape[0] == 0:
             out[i] = rows[i, 0]
@@ -339,10 +374,11 @@ def _k_readout(rows: np.ndarray, atoms: np.ndarray, transform: bool, eps: float,
         for j in range(row.shape[0]):
             if row[j] > top:
                 top = row[j]
+        _k_exp_shifted(row, top, mantissa, exponent_bits)
         total = 0.0
         weighted = 0.0
         for j in range(row.shape[0]):
-            p = np.exp(np.float32(row[j] - top))
+            p = mantissa[j] * powers[j]
             total += p
             weighted += p * atoms[j]
         out[i] = weighted / total
@@ -353,7 +389,7 @@ def _k_readout(rows: np.ndarray, atoms: np.ndarray, transform: bool, eps: float,
 @numba.njit(cache=True, nogil=True, fastmath=_FAST)
 def _k_recurrent(hidden, actions, dyn_wh, dyn_wa, dyn_b, dyn_relu, head_w, head_b, widths, params, layers, ranges,
                  reward_atoms, reward_transform, reward_eps, value_atoms, value_transform, value_eps, scale_eps,
-                 next_hidden, reward, policy, value):
+                 next_hidden, reward, policy, value, mantissa, exponent_bits):
     """:meth:`NumpyMLPInference.recurrent_inference` for a few rows in one call (same functions, ReLU network)."""
     x = _k_dense(hidden, dyn_wh, dyn_b, False)
     for i in range(x.shape[0]):  # concat[hidden, one_hot(a)] @ W + b  ==  hidden @ W_h + b + W_a[a]
@@ -372,9 +408,9 @@ def _k_recurrent(hidden, actions, dyn_wh, dyn_wa, dyn_b, dyn_relu, head_w, head_
             _k_relu(block)
             block = _k_mlp(block, params, layers, ranges[h + 1, 0], ranges[h + 1, 1])
         if h == 0:
-            _k_readout(block, reward_atoms, reward_transform, reward_eps, reward)
+            _k_readout(block, reward_atoms, reward_transform, reward_eps, reward, mantissa, exponent_bits)
         elif h == 1:
-            _k_readout(block, value_atoms, value_transform, value_eps, value)
+            _k_readout(block, value_atoms, value_transform, value_eps, value, mantissa, exponent_bits)
         else:
             policy[:, :] = block
 
@@ -401,6 +437,9 @@ class _CompiledStep:
                     engine.dynamics_hidden.activation is _relu)
         self.heads = (engine.head_first_weight_t, engine.head_first_bias,
                       np.array([s.stop - s.start for s in engine.head_slices], np.int64))
+        # Scratch rows of the read-out's exp (_k_exp_shifted), as wide as the widest of the reward and value heads.
+        width = max(engine.heads[0][-1].out_features, engine.heads[1][-1].out_features)
+        self.exp_scratch = (np.empty(width, np.float32), np.empty(width, np.int32))
 
     @staticmethod
     def supports(engine: NumpyMLPInference) -> bool:
@@ -415,7 +454,7 @@ class _CompiledStep:
                      *self.heads, self.params, self.layers, self.ranges,
                      reward_readout.kernel_atoms, reward_readout.use_target_transform, reward_readout.eps,
                      value_readout.kernel_atoms, value_readout.use_target_transform, value_readout.eps,
-                     scale_eps, plan.next_hidden, plan.reward, plan.policy, plan.value)
+                     scale_eps, plan.next_hidden, plan.reward, plan.policy, plan.value, *self.exp_scratch)
         return plan.next_hidden, plan.reward, plan.policy, plan.value
 
 

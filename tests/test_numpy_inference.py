@@ -11,7 +11,7 @@ from threadpoolctl import threadpool_info
 
 from rllib_muzero.acting import numpy_root_and_recurrent_fn, search_with_model, to_scalar
 from rllib_muzero.models import FullyConnectedMuZeroModel
-from rllib_muzero.numpy_inference import COMPILED_STEP_MAX_ROWS, Readout
+from rllib_muzero.numpy_inference import COMPILED_STEP_MAX_ROWS, Readout, _k_exp_shifted
 from rllib_muzero.support import DiscreteSupport
 
 OBS_DIM, NUM_ACTIONS = 5, 3
@@ -83,16 +83,16 @@ CASES = {
 
 
 @pytest.mark.parametrize("transform", [True, False])
-@pytest.mark.parametrize("batch_size", [1, 7])
+@pytest.mark.parametrize("batch_size", [1, 3, 7])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_engine_matches_the_torch_network(case, batch_size, transform):
     options, value_bounds, reward_bounds = CASES[case]
     model, value_support, reward_support = build(options, value_bounds, reward_bounds)
     engine = model.numpy_inference()
     assert engine is not None
-    # ReLU networks run batches of up to COMPILED_STEP_MAX_ROWS rows as one compiled kernel (batch size 1 here),
-    # larger ones (3, 7, 9) through numpy: both are compared with torch.
-    assert 1 <= COMPILED_STEP_MAX_ROWS < 3
+    # ReLU networks run batches of up to COMPILED_STEP_MAX_ROWS rows as one compiled kernel (batch sizes 1 and 3
+    # here), larger ones (7, 9) through numpy: both are compared with torch.
+    assert 3 <= COMPILED_STEP_MAX_ROWS < 7
     assert (engine._compiled is not None) == (options.get("activation", "relu") == "relu")
     rng = np.random.default_rng(1)
     obs = rng.standard_normal((batch_size, OBS_DIM)).astype(np.float32)
@@ -232,3 +232,23 @@ def test_reward_and_value_read_out_each_with_their_own_transform(batch_size):
         out = model.recurrent_inference(torch.from_numpy(hidden), torch.from_numpy(actions))
     np.testing.assert_allclose(reward, to_scalar(out.reward_logits, support, False), rtol=2e-5, atol=2e-5)
     np.testing.assert_allclose(value, to_scalar(out.value_logits, support, True), rtol=2e-5, atol=2e-5)
+
+
+def test_compiled_exp_is_float32_accurate_and_keeps_nan():
+    """The compiled read-out's exp (``_k_exp_shifted``, a vectorisable Cephes expf): relative error <= 1.2e-7 against
+    float64 exp over the whole range a softmax uses, exact at 0, NaN kept, and arguments below -87 floored at
+    exp(-87) (still positive and far below any term that counts)."""
+    x = np.concatenate([np.linspace(-87.0, 0.0, 200_001), -np.logspace(-8, 1, 1_001), [0.0]]).astype(np.float32)
+    mantissa, bits = np.empty_like(x), np.empty(x.shape, np.int32)
+    _k_exp_shifted(x, np.float32(0.0), mantissa, bits)
+    got = mantissa.astype(np.float64) * bits.view(np.float32)
+    want = np.exp(x.astype(np.float64))
+    assert np.max(np.abs(got - want) / want) <= 1.2e-7
+    assert got[-1] == 1.0
+    edge = np.array([np.nan, -np.inf, -200.0, 3.0], np.float32)
+    mantissa, bits = np.empty_like(edge), np.empty(edge.shape, np.int32)
+    _k_exp_shifted(edge, np.float32(3.0), mantissa, bits)
+    got = mantissa * bits.view(np.float32)
+    assert np.isnan(got[0])
+    assert got[1] == got[2] == np.float32(np.exp(np.float32(-87.0))) > 0
+    assert got[3] == 1.0

@@ -60,6 +60,7 @@ from rllib_muzero.metrics import parameter_histograms, search_statistics
 from rllib_muzero.models import DEFAULT_MODEL_NAME, ModelOptionError, check_model_options
 from rllib_muzero.policy import MuZeroTorchPolicy, split_action_mask_space
 from rllib_muzero.reanalyse import reanalyse_policy_targets
+from rllib_muzero.reanalyse_workers import ReanalysePipeline, make_reanalyse_workers
 from rllib_muzero.registry import NETWORKS
 from rllib_muzero.replay import SequenceReplayBuffer
 from rllib_muzero.runner_state import capture_runner, episode_boundary, episode_key, restore_runner
@@ -150,6 +151,9 @@ class MuZeroConfig(AlgorithmConfig):
         self.target_update_interval = 100
         self.off_policy_correction_age: int | None = None
         self.reanalyse_policy_fraction = 0.0
+        self.num_reanalyse_workers = 0
+        self.num_cpus_per_reanalyse_worker = 1.0
+        self.reanalyse_batches_in_flight: int | None = None
         self.consistency_loss_weight = 0.0
         self.consistency_projection_size = 128
         self.momentum = 0.9
@@ -224,6 +228,9 @@ class MuZeroConfig(AlgorithmConfig):
         target_update_interval: int | None = NotProvided,
         off_policy_correction_age: int | None = NotProvided,
         reanalyse_policy_fraction: float | None = NotProvided,
+        num_reanalyse_workers: int | None = NotProvided,
+        num_cpus_per_reanalyse_worker: float | None = NotProvided,
+        reanalyse_batches_in_flight: int | None = NotProvided,
         consistency_loss_weight: float | None = NotProvided,
         consistency_projection_size: int | None = NotProvided,
         send_weights_frequency: int | None = NotProvided,
@@ -316,6 +323,14 @@ class MuZeroConfig(AlgorithmConfig):
                 search (root noise as when acting) with the target network from the stored observations, instead of
                 the visit counts recorded when the move was played. The costly part of Reanalyse: one search of
                 ``fraction * B * (K + 1)`` roots per learner update. 0 = off.
+            num_reanalyse_workers: Ray actors that run policy reanalyse's searches instead of the learner
+                (:mod:`rllib_muzero.reanalyse_workers`; MuZero Reanalyze and EfficientZero run them apart from the
+                learner), with the target network's weights; they scale out with the cluster as env runners do.
+                0 = the learner searches in line. Needs ``reanalyse_policy_fraction`` > 0.
+            num_cpus_per_reanalyse_worker: CPUs Ray reserves for each reanalyse worker (also its torch threads).
+            reanalyse_batches_in_flight: Replay batches per policy sent to the reanalyse workers ahead of the one
+                the learner trains on (their targets come from a target network at most this many updates old).
+                None = 2 per worker.
             consistency_loss_weight: Weight of EfficientZero's temporal consistency loss (Ye et al. 2021, 4.1),
                 ``l^c_k = -cos(Q(P(s^k)), sg[P(h(o_{t+k}))])`` at every unroll step k >= 1: the hidden state the
                 dynamics predicts is pulled towards the representation of the observation that really followed
@@ -385,6 +400,9 @@ class MuZeroConfig(AlgorithmConfig):
             target_update_interval=target_update_interval,
             off_policy_correction_age=off_policy_correction_age,
             reanalyse_policy_fraction=reanalyse_policy_fraction,
+            num_reanalyse_workers=num_reanalyse_workers,
+            num_cpus_per_reanalyse_worker=num_cpus_per_reanalyse_worker,
+            reanalyse_batches_in_flight=reanalyse_batches_in_flight,
             consistency_loss_weight=consistency_loss_weight,
             consistency_projection_size=consistency_projection_size,
             send_weights_frequency=send_weights_frequency,
@@ -433,6 +451,7 @@ class MuZeroConfig(AlgorithmConfig):
         _check_int(self, "weight_sync_frequency", minimum=0)
         _check_int(self, "target_update_interval", minimum=1)
         self._validate_async()
+        self._validate_reanalyse_workers()
         if self.search_algorithm not in SEARCH_ALGORITHMS:
             _fail("search_algorithm", self.search_algorithm, f"one of {list(SEARCH_ALGORITHMS)}")
         _check_int(self, "max_num_considered_actions", minimum=1)
@@ -638,6 +657,28 @@ class MuZeroConfig(AlgorithmConfig):
         checked.validate()
         return super().build_algo(env=env, use_copy=use_copy)
 
+    def _validate_reanalyse_workers(self) -> None:
+        _check_int(self, "num_reanalyse_workers", minimum=0)
+        value = self.num_cpus_per_reanalyse_worker
+        if not _is_number(value) or value <= 0:
+            _fail("num_cpus_per_reanalyse_worker", value, "a positive finite number (CPUs per reanalyse worker)")
+        if self.reanalyse_batches_in_flight is not None:
+            _check_int(self, "reanalyse_batches_in_flight", minimum=1, also="None (2 per reanalyse worker)")
+        if self.num_reanalyse_workers > 0 and not (
+            _is_number(self.reanalyse_policy_fraction) and self.reanalyse_policy_fraction > 0
+        ) and not self.in_evaluation:
+            _fail("num_reanalyse_workers", self.num_reanalyse_workers,
+                  f"0 while `reanalyse_policy_fraction`={self.reanalyse_policy_fraction!r}: the workers run policy "
+                  "reanalyse's searches (set `reanalyse_policy_fraction` > 0 to use them)")
+
+    @property
+    def reanalyse_depth(self) -> int:
+        """Batches per policy in flight to the reanalyse workers (``reanalyse_batches_in_flight``, None = 2 per
+        worker)."""
+        if self.reanalyse_batches_in_flight is not None:
+            return int(self.reanalyse_batches_in_flight)
+        return 2 * int(self.num_reanalyse_workers)
+
     def _validate_async(self) -> None:
         if self.async_sampling is not None and not isinstance(self.async_sampling, bool):
             _fail("async_sampling", self.async_sampling,
@@ -769,6 +810,22 @@ class MuZero(Algorithm):
     def get_default_policy_class(cls, config: AlgorithmConfig) -> type[Policy]:
         return MuZeroTorchPolicy
 
+    @classmethod
+    def default_resource_request(cls, config: AlgorithmConfig | dict) -> Any:
+        """RLlib's request (main process, env runners, evaluation runners) plus one bundle of
+        ``num_cpus_per_reanalyse_worker`` CPUs per reanalyse worker, so that Tune reserves them for the trial."""
+        request = super().default_resource_request(config)
+        config = cls.get_default_config().update_from_dict(config) if isinstance(config, dict) else config
+        if config.num_reanalyse_workers > 0 and config.reanalyse_policy_fraction > 0:
+            from ray.tune import PlacementGroupFactory
+
+            head = [{"CPU": 0}] if request.head_bundle_is_empty else []  # `bundles` leaves an empty head out
+            request = PlacementGroupFactory(
+                bundles=[*head, *request.bundles,
+                         *([{"CPU": config.num_cpus_per_reanalyse_worker}] * config.num_reanalyse_workers)],
+                strategy=request.strategy)
+        return request
+
     @staticmethod
     def _get_env_id_and_creator(env_specifier: Any, config: AlgorithmConfig) -> tuple[Any, Any]:
         """``config.env`` -> (env_id, creator): RLlib's resolution plus the reference's legacy ids and MuZero's env
@@ -803,6 +860,16 @@ class MuZero(Algorithm):
         self._async_runner_temperatures: dict[PolicyID, dict[int, float]] = {}
         self._async_last_step_end = time.perf_counter()
         self._async_fragments_per_runner: collections.Counter[int] = collections.Counter()
+        # Policy reanalyse in Ray actors (num_reanalyse_workers > 0): built after everything else, so a failure above
+        # leaves no actors behind.
+        self._reanalyse: ReanalysePipeline | None = None
+        if self.config.num_reanalyse_workers > 0 and self.config.reanalyse_policy_fraction > 0:
+            specs = {pid: (type(policy), policy.observation_space, policy.action_space, dict(policy.config))
+                     for pid, policy in self.env_runner.policy_map.items() if pid in self.replays}
+            workers = make_reanalyse_workers(self.config.num_reanalyse_workers,
+                                             self.config.num_cpus_per_reanalyse_worker, specs, self.config.seed)
+            self._reanalyse = ReanalysePipeline(workers, self.config.reanalyse_depth,
+                                                self.config.reanalyse_policy_fraction)
 
     # ------------------------------------------------------------------ setup helpers
     def _seed_entropy(self, stream: int) -> list[int] | None:
@@ -924,6 +991,10 @@ class MuZero(Algorithm):
             **self._runner_temperatures(pid),
             "num_nonfinite_updates": policy.num_nonfinite_updates,
         }
+        if self._reanalyse is not None:
+            metrics["reanalyse_target_lag"] = self._reanalyse.last_target_lag
+            metrics["reanalyse_batches_in_flight"] = self._reanalyse.in_flight()
+            metrics["reanalyse_worker_fallbacks"] = self._reanalyse.num_fallbacks
         if batch is not None and len(batch):
             metrics.update(search_statistics(batch, self.config.gamma))
         if self.config.debug:
@@ -961,18 +1032,28 @@ class MuZero(Algorithm):
         replay = self.replays[pid]
         policy = self.get_policy(pid)
         beta = replay.beta  # annealed by sample(); a skipped update must not advance it
-        with self._timers[REPLAY_BUFFER_SAMPLE_TIMER]:
-            train_batch = replay.sample(
-                c.train_batch_size, num_unroll_steps=c.num_unroll_steps, td_steps=c.td_steps,
-                discount=c.gamma, rng=self.replay_rng,
-                value_fn=policy.reanalyse_values if c.reanalyse_value else None,
-                td_decay_age=c.off_policy_correction_age,
-                with_unroll_obs=c.consistency_loss_weight > 0 or c.reanalyse_policy_fraction > 0,
-            )
-        if c.reanalyse_policy_fraction > 0:
-            with self._timers["reanalyse_policy"]:
-                reanalyse_policy_targets(train_batch, policy.reanalyse_policies, c.reanalyse_policy_fraction,
-                                         self.replay_rng)
+
+        def sample() -> dict:
+            with self._timers[REPLAY_BUFFER_SAMPLE_TIMER]:
+                return replay.sample(
+                    c.train_batch_size, num_unroll_steps=c.num_unroll_steps, td_steps=c.td_steps,
+                    discount=c.gamma, rng=self.replay_rng,
+                    value_fn=policy.reanalyse_values if c.reanalyse_value else None,
+                    td_decay_age=c.off_policy_correction_age,
+                    with_unroll_obs=c.consistency_loss_weight > 0 or c.reanalyse_policy_fraction > 0,
+                )
+
+        if self._reanalyse is not None:  # the searches run in the reanalyse workers, batches ahead of this one
+            with self._timers["reanalyse_policy"]:  # the learner's wait for them (+ sampling the batches it sends)
+                train_batch = self._reanalyse.next_batch(
+                    pid, sample, self.replay_rng, policy.target_network_version(), policy.target_network_weights,
+                    policy.reanalyse_policies)
+        else:
+            train_batch = sample()
+            if c.reanalyse_policy_fraction > 0:
+                with self._timers["reanalyse_policy"]:
+                    reanalyse_policy_targets(train_batch, policy.reanalyse_policies, c.reanalyse_policy_fraction,
+                                             self.replay_rng)
         with self._timers[LEARN_ON_BATCH_TIMER]:
             out = policy.learn_on_replay_batch(train_batch)
         if out["finite"]:
@@ -1184,6 +1265,9 @@ class MuZero(Algorithm):
         if self._learner is not None:
             self._learner.stop()
             self._learner = None
+        if getattr(self, "_reanalyse", None) is not None:
+            self._reanalyse.stop()
+            self._reanalyse = None
         super().cleanup()
 
     # ------------------------------------------------------------------ checkpoints

@@ -364,6 +364,16 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             self._target_model.load_state_dict(self.model.state_dict())
             self._target_updated_at = self.num_grad_updates
 
+    def target_network_version(self) -> int:
+        """The learner update count at the target network's last refresh: a new number means new weights (what the
+        reanalyse workers key their copies on)."""
+        self.target_model()
+        return int(self._target_updated_at)
+
+    def target_network_weights(self) -> dict[str, np.ndarray]:
+        """The target network's weights in :meth:`get_weights`' format (numpy arrays), for the reanalyse workers."""
+        return {name: tensor.detach().cpu().numpy() for name, tensor in self.target_model().state_dict().items()}
+
     @torch.no_grad()
     def reanalyse_values(self, obs: np.ndarray) -> np.ndarray:
         """Value reanalyse: ``(M, *obs) -> (M,)`` scalar values of stored observations by the target network (one

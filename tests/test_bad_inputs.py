@@ -34,7 +34,9 @@ CONFIG_VALUES = [
     ("off_policy_correction_age", 2.5), ("consistency_loss_weight", -1.0), ("consistency_projection_size", 2),
     ("reanalyse_policy_fraction", 1.5), ("reanalyse_policy_fraction", -0.1), ("search_algorithm", "alphazero"),
     ("max_num_considered_actions", 0), ("gumbel_scale", -1.0), ("c_visit", float("nan")), ("c_scale", "big"),
-    ("num_simulations", -1),
+    ("num_simulations", -1), ("num_reanalyse_workers", -1), ("num_reanalyse_workers", 1.5),
+    ("num_reanalyse_workers", 1),  # without reanalyse_policy_fraction > 0
+    ("num_cpus_per_reanalyse_worker", 0), ("num_cpus_per_reanalyse_worker", NAN), ("reanalyse_batches_in_flight", 0),
     # NaN and infinities, wherever a finite number is meant (issue #15)
     ("lr", INF), ("lr", NAN), ("gamma", NAN), ("value_loss_weight", NAN), ("reward_loss_weight", INF),
     ("policy_loss_weight", NAN), ("consistency_loss_weight", INF), ("pb_c_init", NAN), ("pb_c_base", INF),

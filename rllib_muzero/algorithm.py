@@ -1414,16 +1414,17 @@ class MuZero(Algorithm):
     @classmethod
     def from_checkpoint(cls, path: Any, filesystem: Any = None, **kwargs: Any) -> Algorithm:
         """RLlib's ``Algorithm.from_checkpoint``, after recovering a local checkpoint directory whose save was
-        interrupted (:func:`recover_checkpoint_dir`)."""
+        interrupted (:func:`recover_checkpoint_dir`). A relative local path is taken from the working directory
+        (RLlib's own would read it as a URI without a scheme and fail)."""
         if filesystem is None and isinstance(path, (str, os.PathLike)) and "://" not in str(path):
-            path = recover_checkpoint_dir(path)
+            path = os.path.abspath(recover_checkpoint_dir(path))
         return super().from_checkpoint(path, filesystem, **kwargs)
 
     def restore(self, checkpoint_path: Any) -> None:
         """Tune's ``Trainable.restore``, after recovering a local checkpoint directory whose save was interrupted
         (:func:`recover_checkpoint_dir`)."""
         if isinstance(checkpoint_path, (str, os.PathLike)) and "://" not in str(checkpoint_path):
-            checkpoint_path = recover_checkpoint_dir(checkpoint_path)
+            checkpoint_path = os.path.abspath(recover_checkpoint_dir(checkpoint_path))
         return super().restore(checkpoint_path)
 
 

@@ -128,6 +128,24 @@ def test_checkpoint_restores_in_a_fresh_process(trained_algo, tmp_path):
     assert int(updates_line[3]) == len(algo.replays["default_policy"])
 
 
+def test_a_relative_checkpoint_path_loads(trained_algo, tmp_path, monkeypatch):
+    """``MuZero.from_checkpoint("ckpt")`` and ``restore("ckpt")`` read a relative path from the working directory
+    (RLlib's own ``from_checkpoint`` takes it for a URI without a scheme and raises)."""
+    from rllib_muzero import MuZero
+
+    algo, _ = trained_algo
+    algo.save(str(tmp_path / "ckpt_relative"))
+    monkeypatch.chdir(tmp_path)
+    restored = MuZero.from_checkpoint("ckpt_relative")
+    try:
+        assert restored.get_policy().num_grad_updates == algo.get_policy().num_grad_updates
+        restored.train()
+        restored.restore("ckpt_relative")
+        assert restored.get_policy().num_grad_updates == algo.get_policy().num_grad_updates
+    finally:
+        restored.stop()
+
+
 def test_continuous_actions_are_refused_before_workers_start(ray_session):
     config = MuZeroConfig().environment("Pendulum-v1")
     with pytest.raises(ValueError, match="Discrete action space"):

@@ -236,6 +236,61 @@ def _buffers(slot: Any) -> _GumbelBuffers:
 
 
 @numba.njit(cache=True, inline="always")
+def _children_statistics(b, node, at_root, children_index, children_prior, node_visits, node_q, root_legal):
+    """One pass over the children of ``node`` (root ``b``; legal actions only at the root): ``sum_b N(b)``,
+    ``max_b N(b)``, the floored prior mass and prior-weighted Q of the visited children (for ``v_mix``), the min and
+    max Q of the visited children, and whether a (legal) child is unvisited."""
+    num_actions = children_index.shape[2]
+    sum_visits = 0
+    max_visits = 0
+    sum_prior = 0.0
+    sum_prior_q = 0.0
+    lo = math.inf
+    hi = -math.inf
+    any_unvisited = False
+    for a in range(num_actions):
+        if at_root and not root_legal[b, a]:
+            continue
+        child = children_index[b, node, a]
+        if child == UNVISITED:
+            any_unvisited = True
+            continue
+        n = node_visits[b, child]
+        sum_visits += n
+        if n > max_visits:
+            max_visits = n
+        p = np.float64(children_prior[b, node, a])
+        if p < PRIOR_FLOOR:
+            p = PRIOR_FLOOR
+        q = node_q[b, child]
+        sum_prior += p
+        sum_prior_q += p * q
+        if q < lo:
+            lo = q
+        if q > hi:
+            hi = q
+    return sum_visits, max_visits, sum_prior, sum_prior_q, lo, hi, any_unvisited
+
+
+@numba.njit(cache=True, inline="always")
+def _mix_and_rescale(v_hat, sum_visits, sum_prior, sum_prior_q, lo, hi, any_unvisited):
+    """``v_mix`` (paper Appendix D, from the network value ``v_hat`` and the visited children's statistics) and the
+    min and span of the min-max rescaling of completed Q (unvisited children completed by ``v_mix``)."""
+    v_mix = v_hat
+    if sum_visits > 0:
+        v_mix = (v_hat + sum_visits * (sum_prior_q / sum_prior)) / (1.0 + sum_visits)
+    if any_unvisited:
+        if v_mix < lo:
+            lo = v_mix
+        if v_mix > hi:
+            hi = v_mix
+    span = hi - lo
+    if not span > RESCALE_EPSILON:
+        span = RESCALE_EPSILON
+    return v_mix, lo, hi, span
+
+
+@numba.njit(cache=True, inline="always")
 def _completed_q(
     b,
     node,
@@ -259,49 +314,20 @@ def _completed_q(
     """
     num_actions = children_index.shape[2]
     at_root = node == ROOT_INDEX
-    sum_visits = 0
-    max_visits = 0
-    sum_prior = 0.0
-    sum_prior_q = 0.0
-    for a in range(num_actions):
-        if at_root and not root_legal[b, a]:
-            continue
-        child = children_index[b, node, a]
-        if child != UNVISITED:
-            n = node_visits[b, child]
-            sum_visits += n
-            if n > max_visits:
-                max_visits = n
-            p = np.float64(children_prior[b, node, a])
-            if p < PRIOR_FLOOR:
-                p = PRIOR_FLOOR
-            sum_prior += p
-            sum_prior_q += p * node_q[b, child]
-    v_mix = node_raw_value[b, node]  # v_hat
-    if sum_visits > 0:
-        v_mix = (v_mix + sum_visits * (sum_prior_q / sum_prior)) / (1.0 + sum_visits)
-    lo = math.inf
-    hi = -math.inf
+    sum_visits, max_visits, sum_prior, sum_prior_q, lo, hi, any_unvisited = _children_statistics(
+        b, node, at_root, children_index, children_prior, node_visits, node_q, root_legal)
+    v_mix, lo, hi, span = _mix_and_rescale(node_raw_value[b, node], sum_visits, sum_prior, sum_prior_q, lo, hi,
+                                           any_unvisited)
+    scale = (c_visit + max_visits) * c_scale
     for a in range(num_actions):
         if at_root and not root_legal[b, a]:
             completed_out[a] = 0.0
+            sigma_out[a] = 0.0
             continue
         child = children_index[b, node, a]
         q = v_mix if child == UNVISITED else node_q[b, child]
         completed_out[a] = q
-        if q < lo:
-            lo = q
-        if q > hi:
-            hi = q
-    span = hi - lo
-    if not span > RESCALE_EPSILON:
-        span = RESCALE_EPSILON
-    scale = (c_visit + max_visits) * c_scale
-    for a in range(num_actions):
-        if at_root and not root_legal[b, a]:
-            sigma_out[a] = 0.0
-        else:
-            sigma_out[a] = scale * ((completed_out[a] - lo) / span)
+        sigma_out[a] = scale * ((q - lo) / span)
     return sum_visits
 
 
@@ -393,60 +419,24 @@ def _select_interior(
     node_visits,
     node_q,
     node_raw_value,
+    root_legal,
     c_visit,
     c_scale,
-    visits,
     weights,
 ):
     """mctx ``gumbel_muzero_interior_action_selection``: ``argmax_a pi'(a) - N(a) / (1 + sum_b N(b))`` (paper Sec. 5),
     ``pi'(a) = P(a) exp(sigma(a)) / sum_b P(b) exp(sigma(b))`` (convention 7); ties -> lowest index.
 
-    The same arithmetic as :func:`_completed_q` followed by the softmax, fused into two passes over the children
-    (this runs at every interior node of every descent, the search's hottest code): the first gathers ``N``, ``q``,
-    ``v_mix`` and the min / max of completed Q; the second forms ``pi'``. ``max_a sigma(a)`` needs no pass of its own:
-    the rescaling is monotone in ``q``, so it is ``sigma`` at ``max completedQ``, bit for bit. ``visits`` and
-    ``weights`` [A] are scratch rows (``N(a)`` and unnormalised ``pi'``).
+    The arithmetic of :func:`_completed_q` followed by the softmax, in two passes over the children instead of five
+    (this runs at every interior node of every descent, the search's hottest code): the statistics pass, then ``pi'``.
+    ``max_a sigma(a)`` needs no pass of its own: the rescaling is monotone in Q, so it is ``sigma`` at the largest
+    completed Q, bit for bit. ``weights`` [A] is a scratch row (unnormalised ``pi'``).
     """
     num_actions = children_index.shape[2]
-    sum_visits = 0
-    max_visits = 0
-    sum_prior = 0.0
-    sum_prior_q = 0.0
-    lo = math.inf
-    hi = -math.inf
-    any_unvisited = False
-    for a in range(num_actions):
-        child = children_index[b, node, a]
-        if child == UNVISITED:
-            visits[a] = 0.0
-            any_unvisited = True
-            continue
-        n = node_visits[b, child]
-        visits[a] = n
-        sum_visits += n
-        if n > max_visits:
-            max_visits = n
-        p = np.float64(children_prior[b, node, a])
-        if p < PRIOR_FLOOR:
-            p = PRIOR_FLOOR
-        q = node_q[b, child]
-        sum_prior += p
-        sum_prior_q += p * q
-        if q < lo:
-            lo = q
-        if q > hi:
-            hi = q
-    v_mix = node_raw_value[b, node]  # v_hat
-    if sum_visits > 0:
-        v_mix = (v_mix + sum_visits * (sum_prior_q / sum_prior)) / (1.0 + sum_visits)
-    if any_unvisited:
-        if v_mix < lo:
-            lo = v_mix
-        if v_mix > hi:
-            hi = v_mix
-    span = hi - lo
-    if not span > RESCALE_EPSILON:
-        span = RESCALE_EPSILON
+    sum_visits, max_visits, sum_prior, sum_prior_q, lo, hi, any_unvisited = _children_statistics(
+        b, node, False, children_index, children_prior, node_visits, node_q, root_legal)
+    v_mix, lo, hi, span = _mix_and_rescale(node_raw_value[b, node], sum_visits, sum_prior, sum_prior_q, lo, hi,
+                                           any_unvisited)
     scale = (c_visit + max_visits) * c_scale
     max_sigma = scale * ((hi - lo) / span)
     total = 0.0
@@ -460,7 +450,7 @@ def _select_interior(
     best_action = -1
     best_score = -math.inf
     for a in range(num_actions):
-        score = weights[a] / total - visits[a] / denominator
+        score = weights[a] / total - _child_visits(b, node, a, children_index, node_visits) / denominator
         if best_action < 0 or score > best_score:
             best_action = a
             best_score = score
@@ -527,9 +517,9 @@ def _simulate(
                 node_visits,
                 node_q,
                 node_raw_value,
+                root_legal,
                 c_visit,
                 c_scale,
-                completed,
                 sigma,
             )
             depth += 1

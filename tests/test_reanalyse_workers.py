@@ -136,3 +136,23 @@ def test_tune_reserves_the_workers_cpus():
     request = MuZero.default_resource_request(
         worker_config().resources(num_cpus_for_main_process=0).env_runners(num_env_runners=1))
     assert request.head_bundle_is_empty and request.bundles[-1] == {"CPU": 0.5}
+
+
+def test_the_asynchronous_pipeline_trains_with_a_worker(ray_session):
+    """Issue #17: the learner thread of the asynchronous pipeline takes its batches from the reanalyse workers too."""
+    import ray
+
+    from tests.test_async import async_config
+
+    config = async_config(num_env_runners=1, reanalyse_policy_fraction=0.5, num_reanalyse_workers=1,
+                          num_cpus_per_reanalyse_worker=0.5, target_update_interval=3)
+    algo = config.build_algo()
+    try:
+        assert algo._async_sampling and algo._reanalyse is not None
+        algo.get_policy().reanalyse_policies = lambda obs: pytest.fail("the learner searched in line")
+        while algo.get_policy().num_grad_updates < 6:
+            algo.train()
+        assert algo._reanalyse.num_fallbacks == 0
+        assert ray.get(algo._reanalyse.workers[0].stats.remote())["num_searched"] > 0
+    finally:
+        algo.stop()

@@ -562,7 +562,8 @@ def _add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--save-mcts-after-step", type=int, metavar="K",
                    help="write search trees from step K on (implies --save-mcts)")
     p.add_argument("--env", help="play in another env (gym id or registered name) with the same spaces")
-    p.add_argument("--env-config", help="JSON object replacing the checkpoint's env_config")
+    p.add_argument("--env-config", help="JSON object of env_config keys set over the checkpoint's env_config (with "
+                   "--env: that env's whole env_config)")
     p.add_argument("--output-dir", help="where files go (default ./rllib-muzero-evaluation); also writes "
                    "summary.json when given")
     p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray instance (default: all)")

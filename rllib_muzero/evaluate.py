@@ -107,7 +107,12 @@ def _env_factory(algo: Any, policy: Any, env: Any, env_config: dict | None,
         base = algo.config.env_config if algo is not None else policy.config.get("env_config")
     if creator is None:
         raise EvaluationError("no env to play in: the agent's config names none; pass `env=` (--env)")
-    config = dict(base or {}) if env_config is None else dict(env_config)
+    if env_config is None:
+        config = dict(base or {})
+    elif env is None:  # the agent's own env: the given keys change its env_config (e.g. episode_life off)
+        config = {**(base or {}), **env_config}
+    else:  # another env: its own env_config
+        config = dict(env_config)
     return functools.partial(_create_env, creator, config, "rgb_array" if render else None), _env_name(spec)
 
 
@@ -206,7 +211,8 @@ def evaluate(
             filter are used) or a MuZeroTorchPolicy (env and env config from its config).
         label: name of this evaluation in tables and plots (default: the agent's class name).
         env: another env (gym id, registered name or class) to play in; it must have the same spaces.
-        env_config: replaces the agent's ``env_config``.
+        env_config: with the agent's own env, keys set over the agent's ``env_config`` (``{"episode_life": False}``
+            for whole Atari games); with ``env``, that env's whole ``env_config``.
         policy_id: the policy of a (multi-agent) Algorithm to play with.
         options: an :class:`EvaluationOptions`; or give its fields as keyword arguments (``num_games=5,
             temperature=0.5, mode="prior", render=True, ...``).

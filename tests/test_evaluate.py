@@ -406,3 +406,21 @@ def test_options_are_validated_in_the_python_api(experiment):
         evaluate(algo, num_games=0)
     with pytest.raises(EvaluationError, match="--save-mcts"):
         evaluate(algo, mode="prior", save_mcts_after_step=0)
+
+
+def test_env_config_changes_the_agents_env_config_and_replaces_another_envs():
+    """``--env-config`` / ``env_config=``: over the agent's own env its keys change the checkpoint's env_config (so
+    ``{"episode_life": false}`` keeps normalisation, frame skip and stacking); with ``--env`` it is that env's own."""
+    import types
+
+    from rllib_muzero.evaluate import _env_factory
+
+    creator = object()
+    algo = types.SimpleNamespace(env_creator=creator, config=types.SimpleNamespace(
+        env="CartPole-v1", env_config={"max_episode_steps": 50, "clip_rewards": True}))
+    make_env, _ = _env_factory(algo, None, None, {"max_episode_steps": 20}, False)
+    assert make_env.args == (creator, {"max_episode_steps": 20, "clip_rewards": True}, None)
+    make_env, _ = _env_factory(algo, None, None, None, False)
+    assert make_env.args[1] == {"max_episode_steps": 50, "clip_rewards": True}
+    make_env, _ = _env_factory(algo, None, "CartPole-v1", {"max_episode_steps": 20}, False)
+    assert make_env.args[1] == {"max_episode_steps": 20}

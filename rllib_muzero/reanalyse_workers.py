@@ -47,7 +47,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import ray
 
+from rllib_muzero.acting import policy_targets
 from rllib_muzero.reanalyse import ReanalysePositions, apply_policy_targets, select_reanalyse_positions
 
 __all__ = ["ReanalysePipeline", "ReanalyseWorker", "make_reanalyse_workers"]
@@ -100,13 +102,9 @@ class ReanalyseWorker:
         if self._versions.get(pid) != version:
             weights = weights_box[0]
             if not isinstance(weights, Mapping):
-                import ray
-
                 weights = ray.get(weights)
             policy.set_weights(weights)
             self._versions[pid] = version
-        from rllib_muzero.acting import policy_targets
-
         result = policy.search(obs, explore=True, rng=self._rng)
         self.num_searched += len(obs)
         return policy_targets(result)
@@ -119,8 +117,6 @@ class ReanalyseWorker:
 def make_reanalyse_workers(num_workers: int, num_cpus: float, policy_specs: Mapping[Any, tuple[type, Any, Any, dict]],
                            seed: int | None) -> list[Any]:
     """``num_workers`` :class:`ReanalyseWorker` Ray actors of ``num_cpus`` CPUs each (restarted by Ray on failure)."""
-    import ray
-
     actor_class = ray.remote(ReanalyseWorker).options(num_cpus=num_cpus, max_restarts=-1, max_task_retries=3)
     threads = max(1, int(num_cpus))
     return [actor_class.remote(dict(policy_specs), i + 1, seed, threads) for i in range(num_workers)]
@@ -169,8 +165,6 @@ class ReanalysePipeline:
             target_weights: ``() -> weights`` of the learner's target network; called only for a new version.
             local_search: the learner's own ``search_fn``, used when a worker cannot answer.
         """
-        import ray
-
         version = int(target_version)
         if pid not in self._weights or self._weights[pid][0] != version:
             self._weights[pid] = (version, [ray.put(dict(target_weights()))])
@@ -203,8 +197,6 @@ class ReanalysePipeline:
 
     def stop(self) -> None:
         """Drops the batches in flight and ends the workers."""
-        import ray
-
         self._queues.clear()
         self._weights.clear()
         for worker in self.workers:

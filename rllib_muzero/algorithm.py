@@ -672,6 +672,12 @@ class MuZeroConfig(AlgorithmConfig):
                   "reanalyse's searches (set `reanalyse_policy_fraction` > 0 to use them)")
 
     @property
+    def uses_reanalyse_workers(self) -> bool:
+        """Whether policy reanalyse runs in reanalyse workers (``num_reanalyse_workers`` > 0 with policy reanalyse on);
+        the one test for the resource request and the algorithm's setup."""
+        return self.num_reanalyse_workers > 0 and self.reanalyse_policy_fraction > 0
+
+    @property
     def reanalyse_depth(self) -> int:
         """Batches per policy in flight to the reanalyse workers (``reanalyse_batches_in_flight``, None = 2 per
         worker)."""
@@ -816,7 +822,7 @@ class MuZero(Algorithm):
         ``num_cpus_per_reanalyse_worker`` CPUs per reanalyse worker, so that Tune reserves them for the trial."""
         request = super().default_resource_request(config)
         config = cls.get_default_config().update_from_dict(config) if isinstance(config, dict) else config
-        if config.num_reanalyse_workers > 0 and config.reanalyse_policy_fraction > 0:
+        if config.uses_reanalyse_workers:
             from ray.tune import PlacementGroupFactory
 
             head = [{"CPU": 0}] if request.head_bundle_is_empty else []  # `bundles` leaves an empty head out
@@ -863,7 +869,7 @@ class MuZero(Algorithm):
         # Policy reanalyse in Ray actors (num_reanalyse_workers > 0): built after everything else, so a failure above
         # leaves no actors behind.
         self._reanalyse: ReanalysePipeline | None = None
-        if self.config.num_reanalyse_workers > 0 and self.config.reanalyse_policy_fraction > 0:
+        if self.config.uses_reanalyse_workers:
             specs = {pid: (type(policy), policy.observation_space, policy.action_space, dict(policy.config))
                      for pid, policy in self.env_runner.policy_map.items() if pid in self.replays}
             workers = make_reanalyse_workers(self.config.num_reanalyse_workers,

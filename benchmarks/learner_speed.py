@@ -37,6 +37,7 @@ Reproduce::
 
     python benchmarks/learner_speed.py                    # batch 256, K = 5, n = 10, 100k transitions
     python benchmarks/learner_speed.py --repeats 9 --updates 30
+    python benchmarks/learner_speed.py --precision bf16-mixed   # learner_precision "bf16-mixed"
     python benchmarks/learner_speed.py --profile          # cProfile of 30 real-path updates instead of the table
     python benchmarks/learner_speed.py --num-gpus 1       # the learner on a GPU (wall-clock rate)
 """
@@ -115,6 +116,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             num_unroll_steps=args.unroll,
             td_steps=args.td_steps,
             replay_capacity=args.capacity,
+            learner_precision=args.precision,
         )
         .resources(num_gpus=args.num_gpus)
         .debugging(seed=args.seed)
@@ -236,6 +238,8 @@ def main() -> None:
     parser.add_argument("--num-gpus", type=float, default=0,
                         help="the learner's num_gpus (RLlib places the policy on cuda:0 when a GPU is visible; on a "
                              "GPU compare the wall-clock rate: the thread's CPU time misses the device's work)")
+    parser.add_argument("--precision", default="float32", choices=["float32", "bf16-mixed"],
+                        help="the learner's learner_precision (bf16-mixed: autocast to bfloat16)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile 30 updates instead of the table")
     args = parser.parse_args()
@@ -281,8 +285,8 @@ def main() -> None:
 
     print(
         f"learner, batch {args.batch_size}, K = {args.unroll}, n = {args.td_steps}, replay {len(replay):,} / "
-        f"{replay.capacity:,} transitions, {args.threads} thread(s), device {policy.device}, torch {torch.__version__} "
-        f"(setup {setup_s:.1f} s)"
+        f"{replay.capacity:,} transitions, {args.threads} thread(s), device {policy.device}, {args.precision}, "
+        f"torch {torch.__version__} (setup {setup_s:.1f} s)"
     )
     print(f"{'':<38}{'median':>8}{'min':>8}{'max':>8}   ({args.repeats} rounds x {args.updates} updates)")
     for name, values in (

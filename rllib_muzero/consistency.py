@@ -73,7 +73,7 @@ class ConsistencyHeads(nn.Module):
 def negative_cosine_similarity(x: Tensor, y: Tensor) -> Tensor:
     """``-<x, y> / (|x| |y|)`` over the last dimension (each norm clamped at 1e-8, as ``F.normalize``): ``(B, P) ->
     (B,)``, in [-1, 1]."""
-    return -(F.normalize(x, dim=-1) * F.normalize(y, dim=-1)).sum(-1)
+    return -(F.normalize(x.float(), dim=-1) * F.normalize(y.float(), dim=-1)).sum(-1)
 
 
 def unroll_target_hidden(model: nn.Module, unroll_obs: Tensor) -> Tensor:

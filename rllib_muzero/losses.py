@@ -164,14 +164,15 @@ class LossOutput:
 
 
 def _cross_entropy(logits: Tensor, target_probs: Tensor) -> Tensor:
-    """``-sum_i target_i log softmax(logits)_i`` over the last dimension: ``(B, S), (B, S) -> (B,)``."""
-    return -(target_probs * torch.log_softmax(logits, dim=-1)).sum(-1)
+    """``-sum_i target_i log softmax(logits)_i`` over the last dimension: ``(B, S), (B, S) -> (B,)``. In float32
+    whatever the logits' dtype (bf16 under ``learner_precision`` "bf16-mixed")."""
+    return -(target_probs * torch.log_softmax(logits.float(), dim=-1)).sum(-1)
 
 
 def _two_hot_cross_entropy(logits: Tensor, index: Tensor, mass: Tensor) -> Tensor:
     """:func:`_cross_entropy` against a two-hot target given sparsely (:func:`scalar_to_two_hot`):
     ``(B, S), (B, 2), (B, 2) -> (B,)``. Reads two log-probabilities per row instead of multiplying a dense target."""
-    return -(mass * torch.log_softmax(logits, dim=-1).gather(-1, index)).sum(-1)
+    return -(mass * torch.log_softmax(logits.float(), dim=-1).gather(-1, index)).sum(-1)
 
 
 class _HeadLoss:
@@ -189,7 +190,7 @@ class _HeadLoss:
     def __call__(self, logits: Tensor, k: int) -> Tensor:
         """``(B, S)`` or ``(B, 1)`` head output at unroll step ``k`` -> ``(B,)`` loss."""
         if self.support is None:
-            return self.scalar_loss(logits[:, 0], self.target[:, k])
+            return self.scalar_loss(logits[:, 0].float(), self.target[:, k])
         return _two_hot_cross_entropy(logits, self.index[:, k], self.mass[:, k])
 
 
@@ -294,8 +295,8 @@ def muzero_loss(
     policy_loss = policy_loss_k.detach()
     reward_loss = torch.zeros_like(value_loss)
 
-    value_0 = out.value_logits.detach()
-    policy_logits_0 = out.policy_logits.detach()
+    value_0 = out.value_logits.detach().float()
+    policy_logits_0 = out.policy_logits.detach().float()
 
     consistent = consistency_heads is not None and consistency_loss_weight > 0.0
     consistency_loss = torch.zeros_like(value_loss)

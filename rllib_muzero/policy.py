@@ -8,6 +8,7 @@ optimizer steps.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from typing import Any
@@ -381,8 +382,9 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         ``value_fn`` (:meth:`~rllib_muzero.replay.SequenceReplayBuffer.build_batch`)."""
         model = self.target_model()
         obs_t = self.split_observations(torch.as_tensor(np.asarray(obs), device=self.device))[0]
-        out = model.initial_inference(obs_t)
-        return self.to_scalar(out.value_logits, self.value_support)
+        with self.learner_autocast():
+            out = model.initial_inference(obs_t)
+        return self.to_scalar(out.value_logits.float(), self.value_support)
 
     def reanalyse_policies(self, obs: np.ndarray) -> np.ndarray:
         """Policy reanalyse: ``(M, *obs) -> (M, A)`` fresh policy targets from one batched search with the target
@@ -400,6 +402,14 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         return self._reanalyse_rng
 
     # ------------------------------------------------------------------ learning
+    def learner_autocast(self) -> contextlib.AbstractContextManager:
+        """The precision of the learner's forward passes (``learner_precision``): ``torch.autocast`` to bfloat16 on
+        the learner's device for "bf16-mixed" (matrix products in bf16, the losses cast back to float32 by
+        :func:`~rllib_muzero.losses.muzero_loss`), a no-op for "float32"."""
+        if self.config.get("learner_precision", "float32") == "bf16-mixed":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def loss(self, model: MuZeroModelV2, dist_class: Any, train_batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The MuZero loss (paper eq. 1) of a replay batch (keys in :mod:`rllib_muzero.columns`)."""
         out = muzero_loss(
@@ -459,7 +469,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         optimizer.zero_grad(set_to_none=True)
         trained_modules = self._trained_modules()
         self._pre_step.take(trained_modules, optimizer)  # before the forward pass: it moves BatchNorm statistics
-        total = self.loss(self.model, None, tensors)
+        with self.learner_autocast():  # the forward pass only: backward runs in the dtypes the forward chose
+            total = self.loss(self.model, None, tensors)
         out: LossOutput = self.model.tower_stats["muzero_loss_output"]
         total.backward()
         clip = self.config["grad_clip"]

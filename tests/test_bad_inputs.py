@@ -24,6 +24,7 @@ CONFIG_VALUES = [
     ("reward_support", (1,)), ("reward_support", (0.5, 2)), ("visit_softmax_temperatures", [-1.0]),
     ("visit_softmax_temperatures", []), ("root_exploration_fraction", 1.5), ("root_dirichlet_alpha", 0.0),
     ("pb_c_init", -1.0), ("unvisited_value", "max"), ("optimizer_type", "lamb"), ("lr", 0.0),
+    ("learner_precision", "fp16"), ("learner_precision", "bfloat16"),
     ("prioritized_replay_eps", 0.0), ("prioritized_replay_beta", 2.0), ("training_intensity", -1.0),
     ("grad_clip", -1.0), ("fixed_temperatures", [1.0, 0.5]), ("fixed_temperatures", [-1.0]),
     ("fixed_temperatures", "hot"), ("lr_decay_rate", 0.0), ("lr_decay_rate", 1.5), ("lr_decay_steps", 0),

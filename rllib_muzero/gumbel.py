@@ -211,7 +211,7 @@ class _GumbelBuffers:
     considered: np.ndarray  # [B, A] bool: the Gumbel-top-k set
     num_considered: np.ndarray  # [B] int32: k per root
     completed: np.ndarray  # [A] float64 scratch: completed Q of the node being scored
-    sigma: np.ndarray  # [A] float64 scratch: sigma(q_hat) of the node being scored, then pi'
+    sigma: np.ndarray  # [A] float64 scratch: sigma(q_hat) of the node being scored, then pi'; the top-k keys at init
     tables: dict = field(default_factory=dict)  # (max considered, n) -> considered-visit table
 
 
@@ -647,11 +647,12 @@ def _validate(
 
 
 @numba.njit(cache=True)
-def _init_gumbel_root_kernel(prior_logits, legal, gumbel, max_considered, root_logits, considered, num_considered):
+def _init_gumbel_root_kernel(prior_logits, legal, gumbel, max_considered, root_logits, considered, num_considered,
+                             keys):
     """Per root: the logits minus their legal maximum (0 where illegal), ``k = min(m, #legal)`` and the Gumbel-top-k
-    set, the ``k`` legal actions with the largest ``g + logits`` (a stable sort: ties -> lower index)."""
+    set, the ``k`` legal actions with the largest ``g + logits`` (ties -> lower index, as a stable sort). ``keys`` is
+    an ``[A]`` scratch row; the top ``k`` are picked by ``k`` scans (``k * A`` comparisons, no sort, no allocation)."""
     batch_size, num_actions = legal.shape
-    keys = np.empty(num_actions, np.float64)
     for b in range(batch_size):
         top = -math.inf
         num_legal = 0
@@ -663,13 +664,16 @@ def _init_gumbel_root_kernel(prior_logits, legal, gumbel, max_considered, root_l
                     top = logit
         for a in range(num_actions):
             root_logits[b, a] = np.float64(prior_logits[b, a]) - top if legal[b, a] else 0.0
-            keys[a] = -(gumbel[b, a] + root_logits[b, a]) if legal[b, a] else math.inf
+            keys[a] = gumbel[b, a] + root_logits[b, a] if legal[b, a] else -math.inf
             considered[b, a] = False
         k = min(max_considered, num_legal)
         num_considered[b] = k
-        order = np.argsort(keys, kind="mergesort")
-        for i in range(k):
-            considered[b, order[i]] = True
+        for _ in range(k):
+            best = -1
+            for a in range(num_actions):
+                if legal[b, a] and not considered[b, a] and (best < 0 or keys[a] > keys[best]):
+                    best = a
+            considered[b, best] = True
 
 
 def _init_gumbel_root(
@@ -687,7 +691,7 @@ def _init_gumbel_root(
     else:
         buffers.gumbel.fill(0.0)
     _init_gumbel_root_kernel(prior_logits, legal, buffers.gumbel, params.max_num_considered_actions,
-                             buffers.root_logits, buffers.considered, buffers.num_considered)
+                             buffers.root_logits, buffers.considered, buffers.num_considered, buffers.sigma)
 
 
 def gumbel_muzero_search(

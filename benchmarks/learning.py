@@ -35,7 +35,9 @@ Outputs, in --out (default docs/learning/), named <env>-<label> (--label, defaul
   games, greedy_mean, greedy_min, greedy_max, reached), and one final row per seed (status "done" with the seed's
   final counters, reached = any evaluation reached the target and note = why it stopped; or status "failed" with
   the error in note). --resume skips the seeds that have a final "done" row and continues the others from their
-  last checkpoint (below), or reruns them from the start where they have none.
+  last checkpoint (below), or reruns them from the start where they have none. --resume with a larger budget
+  (--max-env-steps, --max-minutes; every other setting must be the same) also continues the seeds the old budget
+  stopped, so a long run can be taken further in parts.
 - <env>-<label>.png: the median greedy mean over seeds against env steps, with the min-max band over seeds, each
   seed faintly, the target dashed and uniform random play dotted. A seed that stopped at the target is carried
   forward at its last evaluation (the caption says how many).
@@ -579,6 +581,8 @@ def _git_commit() -> str | None:
 
 SETTINGS_CHECKED_ON_RESUME = ("env", "example", "target", "overrides", "max_env_steps", "max_minutes", "eval_every",
                               "eval_games", "eval_max_steps", "full_curve")
+BUDGET_SETTINGS = ("max_env_steps", "max_minutes")  # may grow on --resume: the seeds they stopped train on
+BUDGET_NOTES = ("env-step budget", "time budget (--max-minutes)")
 
 
 def _show(path: str) -> str:
@@ -665,15 +669,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
             meta = json.load(f)
     if (rows or meta) and not args.resume and not args.overwrite:
         parser.error(f"{csv_path} exists: --resume continues it, --overwrite starts over")
+    extended = False
     if args.resume and meta:
-        differ = [k for k in SETTINGS_CHECKED_ON_RESUME if meta.get("settings", {}).get(k) != settings[k]]
+        old = meta.get("settings", {})
+        differ = [k for k in SETTINGS_CHECKED_ON_RESUME if old.get(k) != settings[k]
+                  and not (k in BUDGET_SETTINGS and old.get(k) is not None and settings[k] > old[k])]
         if differ:
             parser.error("--resume with other settings than the existing run: "
-                         + ", ".join(f"{k} {meta['settings'].get(k)!r} there, {settings[k]!r} now" for k in differ))
+                         + ", ".join(f"{k} {old.get(k)!r} there, {settings[k]!r} now" for k in differ)
+                         + " (only the budgets, --max-env-steps and --max-minutes, may change, and only grow)")
+        extended = any(old.get(k) is not None and settings[k] > old[k] for k in BUDGET_SETTINGS)
     if args.overwrite:
         rows = []
     previous = seed_results(rows, spec.target)
-    complete = sorted(r.seed for r in previous if r.status not in ("failed", "incomplete"))
+    # With a larger budget, the seeds the old budget stopped are not complete: they train on from their checkpoint.
+    complete = sorted(r.seed for r in previous if r.status not in ("failed", "incomplete")
+                      and not (extended and r.note in BUDGET_NOTES))
     to_run = [s for s in seeds if s not in complete]
     if to_run:  # a bad --config fails here, once, not in every worker (the heavy imports only when needed)
         from rllib_muzero.cli import UserError, build_param_space, load_experiments

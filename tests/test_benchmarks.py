@@ -329,8 +329,11 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 3
     with pytest.raises(SystemExit):
-        learning.main([*argv, "--resume", "--max-env-steps", "300"])
-    assert "max_env_steps 200 there, 300 now" in capsys.readouterr().err
+        learning.main([*argv, "--resume", "--max-env-steps", "100"])
+    assert "max_env_steps 200 there, 100 now (only the budgets" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        learning.main([*argv, "--resume", "--eval-every", "50"])
+    assert "eval_every 100 there, 50 now" in capsys.readouterr().err
 
     # Interrupted after its last saved evaluation (no final row) and during an evaluation it never saved (a row at
     # 300): --resume continues seed 0 from its checkpoint (200 env steps: the budget, so it ends at once), keeps the
@@ -345,6 +348,16 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["status"], r["env_steps"]) for r in rows] == [("eval", "100"), ("eval", "200"), ("done", "200")]
+
+    # A larger budget takes the seed the old one stopped further, from its checkpoint: its final row is replaced.
+    report = learning.main([*argv, "--resume", "--max-env-steps", "300"])
+    assert "seed 0 continues from its checkpoint at 200 env steps" in capsys.readouterr().out
+    with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["status"], r["env_steps"]) for r in rows] == [("eval", "100"), ("eval", "200"), ("eval", "300"),
+                                                              ("done", "300")]
+    assert rows[-1]["note"] == "env-step budget" and int(rows[-1]["updates"]) > int(rows[1]["updates"])
+    assert json.loads((tmp_path / "cartpole-smoke.json").read_text())["settings"]["max_env_steps"] == 300
 
 
 class _SavingAlgo:

@@ -283,9 +283,9 @@ class MuZeroConfig(AlgorithmConfig):
             optimizer_type: One of "sgd", "rmsprop", "adam", "adamw" (``weight_decay`` is c of eq. 1).
             learner_precision: "float32" (default) or "bf16-mixed": the learner's forward passes (the loss's unroll,
                 the consistency and value-reanalyse targets) under ``torch.autocast`` with bfloat16 on the learner's
-                device, the cross-entropies and the optimizer in float32. About 1.25x faster updates on a CPU with
-                native bf16 (AVX512-BF16 / AMX) and on recent GPUs; emulated, and slower, on CPUs without it.
-                Acting and policy reanalyse search in float32 either way.
+                device, the cross-entropies and the optimizer in float32. 1.1-1.45x faster updates measured on a CPU
+                with AVX512-BF16 (docs/benchmarks.md); GPUs with bf16 units gain as usual from autocast (not measured
+                here); CPUs without native bf16 emulate it, slower. Acting and policy reanalyse search in float32.
             momentum: Momentum for "sgd" and "rmsprop" (paper: 0.9).
             weight_decay: L2 / decoupled weight decay (paper: 1e-4).
             replay_capacity: Transitions kept in the replay buffer; the oldest are evicted first.

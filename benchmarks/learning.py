@@ -103,7 +103,8 @@ class LearningEnv:
     eval_every: int
     eval_games: int = 10
     max_minutes: float = 60.0  # training minutes per seed (evaluation excluded)
-    # The evaluation env: the example's env_config with these changes (Atari: whole games, not one life each).
+    # The evaluation env: the example's env_config with these changes, the example's own evaluation_config env_config
+    # (Atari: whole games, not one life each; Breakout: raw points, not clipped ones).
     eval_env_config: Mapping[str, Any] = field(default_factory=dict)
     # Changes to the example's config under every --config (Atari: its own RLlib evaluation off, see pong_ram.py).
     base_overrides: Mapping[str, Any] = field(default_factory=dict)
@@ -117,7 +118,7 @@ ENVS: dict[str, LearningEnv] = {
     "minatar-breakout": LearningEnv("minatar-breakout-muzero.yaml", None, 500_000, 25_000, max_minutes=12 * 60.0),
     "pong-ram": LearningEnv("pong-ram-muzero.yaml", 18.0, 1_000_000, 50_000, max_minutes=24 * 60.0, **_ATARI),
     "breakout-ram": LearningEnv("breakout-ram-muzero.yaml", 30.0, 1_000_000, 50_000, max_minutes=24 * 60.0,
-                                **_ATARI),
+                                **{**_ATARI, "eval_env_config": {"episode_life": False, "clip_rewards": False}}),
 }
 
 

@@ -254,6 +254,8 @@ def test_learning_evaluates_atari_on_whole_games_without_the_examples_own_evalua
     (experiment, body), = load_experiments(_target_return.example_path(spec.example)).items()
     config = build_param_space(experiment, body, dict(spec.base_overrides))
     assert config["env_config"]["episode_life"] is True and config["evaluation_interval"] is None
+    # Scored as the example's own evaluation scores: its evaluation_config's env changes (Breakout: raw points).
+    assert dict(spec.eval_env_config) == body["config"]["evaluation_config"]["env_config"]
     env = _target_return.creator_eval_env(**spec.eval_env_config)(config)()
     try:
         assert "EpisodicLife" not in _wrappers(env) and spec.eval_games == 1

@@ -108,7 +108,7 @@ def test_pong_evaluation_env_is_the_training_env_without_episode_life():
         assert [w for w in _wrappers(train_env) if w != EpisodicLife.__name__] == _wrappers(eval_env)
         assert eval_env.observation_space == train_env.observation_space  # RAM normalised to [0, 1]
         obs, _ = eval_env.reset(seed=0)
-        assert obs.shape == (128,) and obs.dtype == np.float32 and 0 <= obs.min() and obs.max() <= 1
+        assert obs.shape == (4 * 128,) and obs.dtype == np.float32 and 0 <= obs.min() and obs.max() <= 1  # 4 frames
         # A lost point does not end the evaluation game (it would with episode_life).
         total, done = 0.0, False
         while total > -2 and not done:

@@ -37,7 +37,8 @@ Outputs, in --out (default docs/learning/), named <env>-<label> (--label, defaul
   the error in note). --resume skips the seeds that have a final "done" row and continues the others from their
   last checkpoint (below), or reruns them from the start where they have none. --resume with a larger budget
   (--max-env-steps, --max-minutes; every other setting must be the same) also continues the seeds the old budget
-  stopped, so a long run can be taken further in parts.
+  stopped, so a long run can be taken further in parts; --resume --full-curve on a run without it continues the
+  seeds that stopped at the target (their curve goes on past it).
 - <env>-<label>.png: the median greedy mean over seeds against env steps, with the min-max band over seeds, each
   seed faintly, the target dashed and uniform random play dotted. A seed that stopped at the target is carried
   forward at its last evaluation (the caption says how many).
@@ -584,6 +585,7 @@ SETTINGS_CHECKED_ON_RESUME = ("env", "example", "target", "overrides", "max_env_
                               "eval_games", "eval_max_steps", "full_curve")
 BUDGET_SETTINGS = ("max_env_steps", "max_minutes")  # may grow on --resume: the seeds they stopped train on
 BUDGET_NOTES = ("env-step budget", "time budget (--max-minutes)")
+TARGET_NOTE = "stopped at the target"  # --resume --full-curve trains these seeds on
 
 
 def _show(path: str) -> str:
@@ -670,22 +672,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
             meta = json.load(f)
     if (rows or meta) and not args.resume and not args.overwrite:
         parser.error(f"{csv_path} exists: --resume continues it, --overwrite starts over")
-    extended = False
+    extended = full_curve_on = False
     if args.resume and meta:
         old = meta.get("settings", {})
-        differ = [k for k in SETTINGS_CHECKED_ON_RESUME if old.get(k) != settings[k]
-                  and not (k in BUDGET_SETTINGS and old.get(k) is not None and settings[k] > old[k])]
+        grown = [k for k in BUDGET_SETTINGS if old.get(k) is not None and settings[k] > old[k]]
+        full_curve_on = settings["full_curve"] and old.get("full_curve") is False
+        differ = [k for k in SETTINGS_CHECKED_ON_RESUME if old.get(k) != settings[k] and k not in grown
+                  and not (k == "full_curve" and full_curve_on)]
         if differ:
             parser.error("--resume with other settings than the existing run: "
                          + ", ".join(f"{k} {old.get(k)!r} there, {settings[k]!r} now" for k in differ)
-                         + " (only the budgets, --max-env-steps and --max-minutes, may change, and only grow)")
-        extended = any(old.get(k) is not None and settings[k] > old[k] for k in BUDGET_SETTINGS)
+                         + " (only the budgets, --max-env-steps and --max-minutes, may grow, and --full-curve be "
+                           "turned on)")
+        extended = bool(grown)
     if args.overwrite:
         rows = []
     previous = seed_results(rows, spec.target)
     # With a larger budget, the seeds the old budget stopped are not complete: they train on from their checkpoint.
+    # With --full-curve turned on, so are the seeds that stopped at the target.
+    continuable = (BUDGET_NOTES if extended else ()) + ((TARGET_NOTE,) if args.resume and full_curve_on else ())
     complete = sorted(r.seed for r in previous if r.status not in ("failed", "incomplete")
-                      and not (extended and r.note in BUDGET_NOTES))
+                      and r.note not in continuable)
     to_run = [s for s in seeds if s not in complete]
     if to_run:  # a bad --config fails here, once, not in every worker (the heavy imports only when needed)
         from rllib_muzero.cli import UserError, build_param_space, load_experiments

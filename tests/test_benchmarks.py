@@ -361,6 +361,20 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     assert rows[-1]["note"] == "env-step budget" and int(rows[-1]["updates"]) > int(rows[1]["updates"])
     assert json.loads((tmp_path / "cartpole-smoke.json").read_text())["settings"]["max_env_steps"] == 300
 
+    # --full-curve turned on continues a seed that stopped at the target (as if this one had) past it.
+    learning._write_rows(str(tmp_path / "cartpole-smoke.csv"), [*rows[:3], {**rows[3], "note": "stopped at the target"}])
+    learning.main([*argv, "--resume", "--max-env-steps", "300"])
+    assert "seed(s) 0 already complete, not rerun" in capsys.readouterr().out  # without --full-curve: complete
+    learning.main([*argv, "--resume", "--max-env-steps", "300", "--full-curve"])
+    assert "seed 0 continues from its checkpoint at 300 env steps" in capsys.readouterr().out
+    with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["status"], r["env_steps"], r["note"]) for r in rows][-1] == ("done", "300", "env-step budget")
+    assert json.loads((tmp_path / "cartpole-smoke.json").read_text())["settings"]["full_curve"] is True
+    with pytest.raises(SystemExit):  # and not off again
+        learning.main([*argv, "--resume", "--max-env-steps", "300"])
+    assert "full_curve True there, False now" in capsys.readouterr().err
+
 
 class _SavingAlgo:
     """Stands in for an Algorithm in the checkpoint bookkeeping: ``save`` writes a directory (or fails)."""

@@ -362,7 +362,8 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     assert json.loads((tmp_path / "cartpole-smoke.json").read_text())["settings"]["max_env_steps"] == 300
 
     # --full-curve turned on continues a seed that stopped at the target (as if this one had) past it.
-    learning._write_rows(str(tmp_path / "cartpole-smoke.csv"), [*rows[:3], {**rows[3], "note": "stopped at the target"}])
+    learning._write_rows(str(tmp_path / "cartpole-smoke.csv"),
+                         [*rows[:3], {**rows[3], "note": "stopped at the target"}])
     learning.main([*argv, "--resume", "--max-env-steps", "300"])
     assert "seed(s) 0 already complete, not rerun" in capsys.readouterr().out  # without --full-curve: complete
     learning.main([*argv, "--resume", "--max-env-steps", "300", "--full-curve"])

@@ -9,6 +9,7 @@ Pillow for GIFs, matplotlib (its Agg canvas, no pyplot, no global backend change
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -61,16 +62,28 @@ def resize_frames(frames: Sequence[np.ndarray], scale: float) -> list[np.ndarray
 
 
 def _captioned(frame: np.ndarray, caption: str | None) -> np.ndarray:
-    """The rgb frame ([H, W, 3] uint8) with ``caption`` drawn in its top-left corner on a white box (Pillow)."""
+    """The rgb frame ([H, W, 3] uint8) under a white band with ``caption`` in it (Pillow), or the frame as it is
+    without a caption. The band goes above the frame, not over it: Atari games show their score at the top."""
     from PIL import Image, ImageDraw
 
     image = Image.fromarray(np.asarray(frame, dtype=np.uint8)[..., :3], mode="RGB")
-    if caption:
-        draw = ImageDraw.Draw(image)
-        _, _, right, bottom = draw.textbbox((4, 3), caption)
-        draw.rectangle((0, 0, right + 4, bottom + 3), fill=(255, 255, 255))
-        draw.text((4, 3), caption, fill=(0, 0, 0))
-    return np.asarray(image)
+    if not caption:
+        return np.asarray(image)
+    band = _caption_band_height()
+    out = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))
+    out.paste(image, (0, band))
+    ImageDraw.Draw(out).text((4, 2), caption, fill=(0, 0, 0))
+    return np.asarray(out)
+
+
+@functools.cache
+def _caption_band_height() -> int:
+    """Pixels of the caption band: the default font's full line height (the same for every caption, so every frame
+    of a GIF has the same size) and a margin."""
+    from PIL import Image, ImageDraw
+
+    _, _, _, bottom = ImageDraw.Draw(Image.new("RGB", (1, 1))).textbbox((4, 2), "Agjy|")
+    return int(bottom) + 3
 
 
 def side_by_side(
@@ -80,19 +93,22 @@ def side_by_side(
 
     ``panels``: per game, its rgb frames and one caption per frame (drawn on that panel). Frame ``k`` of the result
     holds frame ``k`` of every game, left to right with ``gap`` white pixels between them; a game that ended earlier
-    shows its last frame (and caption) until the longest one ends, so each game's end stays visible. Panels of
-    different heights are padded with white at the bottom.
+    shows its last frame (and caption) until the longest one ends, so each game's end stays visible. Captions go
+    in a white band above the frames. Panels of different heights are padded with white at the bottom.
     """
     if not panels or any(len(frames) == 0 for frames, _ in panels):
         raise ValueError("`panels` must hold at least one game, each with at least one frame")
     length = max(len(frames) for frames, _ in panels)
-    height = max(np.asarray(frames[0]).shape[0] for frames, _ in panels)
+    band = _caption_band_height() if any(captions for _, captions in panels) else 0
+    height = max(np.asarray(frames[0]).shape[0] for frames, _ in panels) + band
     out = []
     for k in range(length):
         parts = []
         for i, (frames, captions) in enumerate(panels):
             j = min(k, len(frames) - 1)
             image = _captioned(frames[j], captions[j] if captions else None)
+            if band and not captions:  # an uncaptioned panel beside captioned ones: level with their frames
+                image = np.pad(image, ((band, 0), (0, 0), (0, 0)), constant_values=255)
             if image.shape[0] < height:
                 image = np.pad(image, ((0, height - image.shape[0]), (0, 0), (0, 0)), constant_values=255)
             if i:

@@ -18,6 +18,7 @@ import torch
 from rllib_muzero import MuZeroConfig, cli
 from rllib_muzero.evaluate import evaluate, write_trees
 from rllib_muzero.play import EvaluationError
+from rllib_muzero.visualize import _caption_band_height, side_by_side
 
 pytestmark = pytest.mark.integration
 
@@ -124,7 +125,7 @@ def test_gifs_hold_the_reset_frame_and_one_frame_per_step(cli_run):
             with Image.open(path) as gif:
                 assert gif.format == "GIF"
                 assert gif.n_frames == length + 1
-                assert gif.size == (600, 400)
+                assert gif.size == (600, 400 + _caption_band_height())  # the caption band above the frame
 
 
 def parse_dot(text):
@@ -194,11 +195,26 @@ def test_random_agent_beside_the_trained_one_in_one_small_gif(experiment, tmp_pa
     (summary,) = json.loads((tmp_path / "summary.json").read_text())
     trained = summary["lengths"][0]
     with Image.open(tmp_path / "pair.gif") as gif:
-        assert gif.size == (300 + 4 + 300, 200)  # two 600x400 CartPole frames at half size, a 4-pixel gap
+        # Two 600x400 CartPole frames at half size, a 4-pixel gap, under a caption band (not over the frame: Atari
+        # scores are at the top).
+        assert gif.size == (300 + 4 + 300, 200 + _caption_band_height())
         frames = gif.n_frames
         assert gif.info["duration"] == 40  # CartPole's 50 fps, every second frame: 2 x 20 ms
     # Frames 0, 2, 4, ... of the longer game (length + 1 frames) and its last one.
     assert frames in {len(set(range(0, n + 1, 2)) | {n}) for n in range(trained, 10)}
+
+
+def test_captions_go_in_a_band_above_the_frames_not_over_them():
+    rng = np.random.default_rng(0)
+    left, right = (rng.integers(0, 256, (2, 30, 40, 3), dtype=np.uint8) for _ in range(2))
+    band = _caption_band_height()
+    frames = side_by_side([(left, ["r 0", "r 1"]), (right[:1], ["agent"])], gap=4)
+    assert len(frames) == 2 and all(f.shape == (30 + band, 40 + 4 + 40, 3) for f in frames)
+    for k, frame in enumerate(frames):
+        np.testing.assert_array_equal(frame[band:, :40], left[k])  # every pixel of the game, the top rows too
+        np.testing.assert_array_equal(frame[band:, 44:], right[0])  # the shorter game holds its last frame
+        assert (frame[:band] < 128).any()  # the caption's text is in the band
+    assert frames[0][:band, :40].tolist() != frames[1][:band, :40].tolist()  # each frame its own caption
 
 
 def test_random_agent_acts_uniformly_without_the_network(experiment):

@@ -15,15 +15,19 @@ Environments (--env): name -> tuned example, target greedy mean, default env-ste
     pong-ram          tuned_examples/pong-ram-muzero.yaml            18  1,000,000   (every 50,000; 1 whole game)
     breakout-ram      tuned_examples/breakout-ram-muzero.yaml        30  1,000,000   (every 50,000; 1 whole game)
 
-The Atari games are evaluated on whole games (the example's env_config with episode_life off) and train without the
-example's own RLlib evaluation (evaluation_interval off), as benchmarks/pong_ram.py does.
+The Atari games are evaluated on whole games (the example's env_config with its evaluation_config's env changes:
+episode_life off, Breakout's clip_rewards off) and train without the example's own RLlib evaluation
+(evaluation_interval off), as benchmarks/pong_ram.py does.
 
 Each seed is trained by ``run_seed`` of benchmarks/_target_return.py: the example's config with --config and the
 seed merged in, ``algo.train()`` until the budget (--max-env-steps, --max-minutes of training), and every
 --eval-every env steps --eval-games whole games with greedy search (no root noise, temperature 0; game i of seed s
 reset with seed 10000 + s + i), built by the package's env creator from the example's env and env_config. Evaluation
 time is excluded from the training seconds (train_s). A seed stops at the first evaluation that reaches the target,
-unless --full-curve (then every seed trains to the budget, so whole curves can be compared).
+unless --full-curve (then every seed trains to the budget, so whole curves can be compared). With --confirm-games N
+an evaluation reaches the target only if N more greedy games (reset seeds 20000 + s + i) do too, on their mean (its
+row's note says how they went): one Atari game is a noisy measure (a Pong run scored +20 in its one game where 10
+games gave +16.9).
 
 Seeds run in parallel worker processes (--jobs, default 2): one process per seed, each with its own local Ray session
 (--cpus-per-job CPUs, default 1) and one torch thread. Results are collected as they arrive; a seed whose process
@@ -219,7 +223,8 @@ def seed_results(rows: Iterable[Mapping[str, Any]], target: float | None) -> lis
             for key in ("env_steps", "updates", "train_s", "eval_s"):
                 if source[key] is not None:
                     setattr(result, key, source[key])
-        first = next((r for r in evals if target is not None and r["greedy_mean"] >= target), None)
+        # The row's `reached`: its mean reached the target (and, with --confirm-games, so did the confirmation games).
+        first = next((r for r in evals if target is not None and r["reached"]), None)
         if first is not None:
             result.steps_to_target = first["env_steps"]
             result.updates_to_target = first["updates"]
@@ -414,6 +419,7 @@ def _worker(seed: int, job: dict, messages: Any) -> None:
                            eval_every=job["eval_every"], max_env_steps=job["max_env_steps"],
                            max_minutes=job["max_minutes"], overrides={**job["base_overrides"], **job["overrides"]},
                            eval_max_steps=job["eval_max_steps"], stop_at_target=not job["full_curve"],
+                           confirm_games=job.get("confirm_games", 0),
                            checkpoint_dir=os.path.join(job["checkpoint_dir"], f"seed{seed}")
                            if job["checkpoint_dir"] else None,
                            on_eval=lambda r: messages.put(("eval", seed, r)))
@@ -484,7 +490,7 @@ def run_seeds(seeds: Sequence[int], job: Mapping[str, Any], writer: _CsvAppender
             except queue_module.Empty:
                 kind = None
             if kind == "eval" and seed in running:
-                writer.write({**payload, "status": "eval", "note": ""})
+                writer.write({"note": "", **payload, "status": "eval"})
             elif kind in ("done", "failed") and seed in running:
                 if kind == "done":
                     writer.write(_final_row(seed, payload, job))
@@ -582,7 +588,7 @@ def _git_commit() -> str | None:
 
 
 SETTINGS_CHECKED_ON_RESUME = ("env", "example", "target", "overrides", "max_env_steps", "max_minutes", "eval_every",
-                              "eval_games", "eval_max_steps", "full_curve")
+                              "eval_games", "eval_max_steps", "full_curve", "confirm_games")
 BUDGET_SETTINGS = ("max_env_steps", "max_minutes")  # may grow on --resume: the seeds they stopped train on
 BUDGET_NOTES = ("env-step budget", "time budget (--max-minutes)")
 TARGET_NOTE = "stopped at the target"  # --resume --full-curve trains these seeds on
@@ -609,6 +615,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-games", type=int, help="games per evaluation (default: 10)")
     parser.add_argument("--eval-max-steps", type=int,
                         help="cut every evaluation game after this many steps (smoke tests only; default: whole games)")
+    parser.add_argument("--confirm-games", type=int, default=0, metavar="N",
+                        help="an evaluation reaching the target counts only if N more greedy games (other reset "
+                             "seeds) reach it on their mean too (default 0: no confirmation); for the Atari games, "
+                             "whose evaluations are one game each")
     parser.add_argument("--full-curve", action="store_true",
                         help="train every seed to the budget instead of stopping at the target")
     parser.add_argument("--random-games", type=int, default=100,
@@ -644,6 +654,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"--config is no JSON: {error}")
     if not isinstance(overrides, dict):
         parser.error("--config must be a JSON object")
+    if args.confirm_games < 0:
+        parser.error(f"--confirm-games must be >= 0, got {args.confirm_games}")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
 
@@ -660,6 +672,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "eval_games": args.eval_games or spec.eval_games,
         "eval_max_steps": args.eval_max_steps,
         "full_curve": args.full_curve,
+        "confirm_games": args.confirm_games,
     }
     os.makedirs(args.out, exist_ok=True)
     stem = os.path.join(args.out, f"{args.env}-{label}")
@@ -674,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         parser.error(f"{csv_path} exists: --resume continues it, --overwrite starts over")
     extended = full_curve_on = False
     if args.resume and meta:
-        old = meta.get("settings", {})
+        old = {"confirm_games": 0, **meta.get("settings", {})}  # runs from before --confirm-games: none
         grown = [k for k in BUDGET_SETTINGS if old.get(k) is not None and settings[k] > old[k]]
         full_curve_on = settings["full_curve"] and old.get("full_curve") is False
         differ = [k for k in SETTINGS_CHECKED_ON_RESUME if old.get(k) != settings[k] and k not in grown

@@ -96,6 +96,46 @@ def test_loop_trains_on_to_the_budget_past_the_target_when_asked(ray_session, _o
     assert [r["env_steps"] for r in curve] == [100, 200] and all(r["reached"] for r in curve)
 
 
+class _SeedScoredEnv(gym.Env):
+    """3 steps of CartPole-shaped observations; each step pays 1 if the last reset seed is below ``limit``, else 0:
+    evaluation and confirmation games (other reset seeds) can be told apart."""
+
+    observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, limit):
+        self.limit, self.pays, self.t = limit, 1.0, 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.pays, self.t = float(seed is not None and seed < self.limit), 0
+        return np.zeros(4, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(4, np.float32), self.pays, self.t >= 3, False, {}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("confirmation_pays", [False, True])
+def test_an_evaluation_reaches_the_target_only_if_the_confirmation_games_do(ray_session, _one_torch_thread,
+                                                                            confirmation_pays):
+    limit = 10**9 if confirmation_pays else _target_return.CONFIRM_SEED_BASE  # evaluation games always pay
+    curve = []
+    row = _target_return.run_seed(
+        0, example=_target_return.example_path("cartpole-muzero.yaml"),
+        eval_env=lambda config: lambda: _SeedScoredEnv(limit), target=3.0, eval_games=1, eval_every=100,
+        max_env_steps=200, max_minutes=5, overrides=TINY, on_eval=curve.append, confirm_games=2)
+    assert all(r["greedy_mean"] == 3.0 for r in curve)
+    if confirmation_pays:
+        assert row["reached"] is True and row["env_steps"] == 100 and len(curve) == 1
+        assert curve[0]["reached"] and curve[0]["note"] == "confirmed: mean 3.00 over 2 more games (min 3, max 3)"
+    else:
+        assert row["reached"] is False and row["env_steps"] == 200 and row["steps_to_target"] is None
+        assert [r["note"] for r in curve] == ["not confirmed: mean 0.00 over 2 more games (min 0, max 0)"] * 2
+        assert not any(r["reached"] for r in curve)
+
+
 def test_pong_evaluation_env_is_the_training_env_without_episode_life():
     (name, spec), = load_experiments(pong_ram.EXAMPLE).items()
     config = build_param_space(name, spec, {})
@@ -318,6 +358,7 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     assert png.startswith(b"\x89PNG") and len(png) < 200_000
     meta = json.loads((tmp_path / "cartpole-smoke.json").read_text())
     assert meta["settings"]["max_env_steps"] == 200 and meta["random_mean"] <= 5
+    assert meta["settings"]["confirm_games"] == 0
 
     # Without --resume the files are not touched; with it the complete seed is not rerun (in-process: nothing to
     # train, so no Ray either), and other settings are refused.
@@ -336,6 +377,9 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     with pytest.raises(SystemExit):
         learning.main([*argv, "--resume", "--eval-every", "50"])
     assert "eval_every 100 there, 50 now" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        learning.main([*argv, "--resume", "--confirm-games", "-1"])
+    assert "--confirm-games must be >= 0" in capsys.readouterr().err
 
     # Interrupted after its last saved evaluation (no final row) and during an evaluation it never saved (a row at
     # 300): --resume continues seed 0 from its checkpoint (200 env steps: the budget, so it ends at once), keeps the

@@ -63,11 +63,12 @@ def resize_frames(frames: Sequence[np.ndarray], scale: float) -> list[np.ndarray
 
 def _captioned(frame: np.ndarray, caption: str | None) -> np.ndarray:
     """The rgb frame ([H, W, 3] uint8) under a white band with ``caption`` in it (Pillow), or the frame as it is
-    without a caption. The band goes above the frame, not over it: Atari games show their score at the top."""
+    when ``caption`` is None. The band goes above the frame, not over it: Atari games show their score at the top.
+    Every caption, the empty one too, gets the same band, so the frames of a captioned GIF keep one size."""
     from PIL import Image, ImageDraw
 
     image = Image.fromarray(np.asarray(frame, dtype=np.uint8)[..., :3], mode="RGB")
-    if not caption:
+    if caption is None:
         return np.asarray(image)
     band = _caption_band_height()
     out = Image.new("RGB", (image.width, image.height + band), (255, 255, 255))

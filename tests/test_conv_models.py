@@ -320,6 +320,23 @@ def test_gradients_reach_every_parameter_through_a_two_step_unroll(setup):
     assert not missing, f"no gradient reaches {missing}"
 
 
+def test_bf16_autocast_unroll_is_float32_at_the_loss_and_trains_every_parameter(setup):
+    """``learner_precision`` "bf16-mixed" runs this forward under ``torch.autocast`` (bfloat16): convolutions,
+    normalisation and heads work in it, the loss comes out float32 and finite, and every parameter gets a float32
+    gradient (the weights stay float32)."""
+    cls, space, options, _ = setup
+    model = make_model(cls, space, options)
+    perturb_head_outputs(model)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = muzero_loss(model, unroll_batch(space), value_support=VALUE_SUPPORT, reward_support=REWARD_SUPPORT)
+    assert out.total.dtype == torch.float32 and torch.isfinite(out.total) and out.priorities.dtype == torch.float32
+    out.total.backward()
+    missing = [name for name, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
+    assert not missing, f"no gradient reaches {missing}"
+    assert all(p.dtype == p.grad.dtype == torch.float32 for p in model.parameters())
+
+
 def test_fresh_heads_still_train_their_last_layers(setup):
     """Zero-initialised last layers get gradients on the first update (only the layers before them do not)."""
     cls, space, options, _ = setup

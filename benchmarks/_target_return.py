@@ -211,8 +211,9 @@ def run_seed(
                 if hit and confirm_games > 0:
                     confirm = play_games(algo.get_policy(), make_env, confirm_games,
                                          seed=CONFIRM_SEED_BASE + seed, max_steps=eval_max_steps)
-                    hit = float(confirm.mean()) >= target
-                    note = (f"{'confirmed' if hit else 'not confirmed'}: mean {float(confirm.mean()):.2f} over "
+                    confirm_mean = float(confirm.mean())
+                    hit = confirm_mean >= target
+                    note = (f"{'confirmed' if hit else 'not confirmed'}: mean {confirm_mean:.2f} over "
                             f"{confirm_games} more games (min {float(confirm.min()):g}, max {float(confirm.max()):g})")
                 eval_time += time.perf_counter() - t0
                 improved = mean > best

@@ -419,7 +419,7 @@ def _worker(seed: int, job: dict, messages: Any) -> None:
                            eval_every=job["eval_every"], max_env_steps=job["max_env_steps"],
                            max_minutes=job["max_minutes"], overrides={**job["base_overrides"], **job["overrides"]},
                            eval_max_steps=job["eval_max_steps"], stop_at_target=not job["full_curve"],
-                           confirm_games=job.get("confirm_games", 0),
+                           confirm_games=job["confirm_games"],
                            checkpoint_dir=os.path.join(job["checkpoint_dir"], f"seed{seed}")
                            if job["checkpoint_dir"] else None,
                            on_eval=lambda r: messages.put(("eval", seed, r)))

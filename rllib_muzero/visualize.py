@@ -107,9 +107,8 @@ def side_by_side(
         parts = []
         for i, (frames, captions) in enumerate(panels):
             j = min(k, len(frames) - 1)
-            image = _captioned(frames[j], captions[j] if captions else None)
-            if band and not captions:  # an uncaptioned panel beside captioned ones: level with their frames
-                image = np.pad(image, ((band, 0), (0, 0), (0, 0)), constant_values=255)
+            # An uncaptioned panel beside captioned ones gets an empty band: its frames stay level with theirs.
+            image = _captioned(frames[j], captions[j] if captions else ("" if band else None))
             if image.shape[0] < height:
                 image = np.pad(image, ((0, height - image.shape[0]), (0, 0), (0, 0)), constant_values=255)
             if i:

@@ -215,6 +215,11 @@ def test_captions_go_in_a_band_above_the_frames_not_over_them():
         np.testing.assert_array_equal(frame[band:, 44:], right[0])  # the shorter game holds its last frame
         assert (frame[:band] < 128).any()  # the caption's text is in the band
     assert frames[0][:band, :40].tolist() != frames[1][:band, :40].tolist()  # each frame its own caption
+    # An uncaptioned panel beside a captioned one: level with it, under an empty (white) band.
+    (mixed,) = side_by_side([(left[:1], ["r 0"]), (right[:1], [])], gap=4)
+    assert mixed.shape == (30 + band, 84, 3)
+    np.testing.assert_array_equal(mixed[band:, 44:], right[0])
+    assert (mixed[:band, 44:] == 255).all()
 
 
 def test_random_agent_acts_uniformly_without_the_network(experiment):

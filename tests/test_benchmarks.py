@@ -322,7 +322,7 @@ def test_a_crashing_seed_is_recorded_as_failed_with_its_error(tmp_path):
     writer = learning._CsvAppender(str(path))
     job = {"example": str(tmp_path / "missing.yaml"), "target": 475.0, "overrides": {}, "max_env_steps": 100,
            "max_minutes": 1.0, "eval_every": 100, "eval_games": 1, "eval_max_steps": 1, "full_curve": False,
-           "cpus_per_job": 1, "checkpoint_dir": None, "eval_env_config": {}, "base_overrides": {}}
+           "confirm_games": 0, "cpus_per_job": 1, "checkpoint_dir": None, "eval_env_config": {}, "base_overrides": {}}
     try:
         learning.run_seeds([5], job, writer, jobs=1)
     finally:

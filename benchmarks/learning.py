@@ -174,6 +174,7 @@ class SeedResult:
     eval_s: float = 0.0
     note: str = ""
     stopped_at_target: bool = False  # the run ended at that evaluation (its curve is carried forward in the plot)
+    finished: bool = False  # it has a final row ("done" or "failed"); without one it was interrupted
 
     @property
     def best(self) -> float:
@@ -231,10 +232,8 @@ def seed_results(rows: Iterable[Mapping[str, Any]], target: float | None) -> lis
             result.train_s_to_target = first["train_s"]
             result.stopped_at_target = first is evals[-1] and final is not None and final["status"] == "done" \
                 and final["env_steps"] == first["env_steps"]
-        if final is None:
-            result.note = "no final row (interrupted?)"
-        else:
-            result.note = final["note"]
+        result.finished = final is not None
+        result.note = final["note"] if result.finished else "no final row (interrupted?)"
         if final is not None and final["status"] == "failed":
             result.status = "failed"
         elif final is not None:
@@ -704,8 +703,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # With a larger budget, the seeds the old budget stopped are not complete: they train on from their checkpoint.
     # With --full-curve turned on, so are the seeds that stopped at the target.
     continuable = (BUDGET_NOTES if extended else ()) + ((TARGET_NOTE,) if args.resume and full_curve_on else ())
-    complete = sorted(r.seed for r in previous if r.status not in ("failed", "incomplete")
-                      and r.note not in continuable)
+    # An interrupted seed (no final row) is never complete, even where it reached the target before it stopped.
+    complete = sorted(r.seed for r in previous if r.finished and r.status != "failed" and r.note not in continuable)
     to_run = [s for s in seeds if s not in complete]
     if to_run:  # a bad --config fails here, once, not in every worker (the heavy imports only when needed)
         from rllib_muzero.cli import UserError, build_param_space, load_experiments

@@ -420,6 +420,15 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
         learning.main([*argv, "--resume", "--max-env-steps", "300"])
     assert "full_curve True there, False now" in capsys.readouterr().err
 
+    # A --full-curve seed interrupted after an evaluation that reached the target (no final row; the seed counts as
+    # reached) is not complete: --resume continues it from its checkpoint.
+    learning._write_rows(str(tmp_path / "cartpole-smoke.csv"), [*rows[:2], {**rows[2], "reached": "True"}])
+    assert learning.seed_results(learning.read_rows(str(tmp_path / "cartpole-smoke.csv")), 475)[0].status == "reached"
+    learning.main([*argv, "--resume", "--max-env-steps", "300", "--full-curve"])
+    assert "seed 0 continues from its checkpoint at 300 env steps" in capsys.readouterr().out
+    with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
+        assert [(r["status"], r["env_steps"]) for r in csv.DictReader(f)][-2:] == [("eval", "300"), ("done", "300")]
+
 
 class _SavingAlgo:
     """Stands in for an Algorithm in the checkpoint bookkeeping: ``save`` writes a directory (or fails)."""

@@ -757,8 +757,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         random_mean = None
     meta = {"settings": settings, "random_games": meta.get("random_games", args.random_games),
             "random_mean": random_mean, "runs": meta.get("runs", [])}
-    meta["runs"].append({"date": datetime.datetime.now().isoformat(timespec="seconds"), "seeds": to_run,
-                         "jobs": args.jobs, "cpus_per_job": args.cpus_per_job, "commit": _git_commit()})
+    if to_run:  # the parts that trained something: a --resume with every seed complete only re-summarises
+        meta["runs"].append({"date": datetime.datetime.now().isoformat(timespec="seconds"), "seeds": to_run,
+                             "jobs": args.jobs, "cpus_per_job": args.cpus_per_job, "commit": _git_commit()})
     with open(json_path, "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=2)
 

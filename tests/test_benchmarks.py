@@ -366,9 +366,11 @@ def test_learning_benchmark_smoke_run_writes_csv_png_and_summary_and_resumes(tmp
     with pytest.raises(SystemExit) as refused:
         learning.main(argv)
     assert refused.value.code == 2 and "--resume continues it" in capsys.readouterr().err
+    runs_before = json.loads((tmp_path / "cartpole-smoke.json").read_text())["runs"]
     report = learning.main([*argv, "--resume"])
     assert "seed(s) 0 already complete, not rerun" in capsys.readouterr().out
     assert [r.seed for r in report["results"]] == [0] and report["summary"]["successes"] == 0
+    assert json.loads((tmp_path / "cartpole-smoke.json").read_text())["runs"] == runs_before  # no part recorded
     with open(tmp_path / "cartpole-smoke.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 3
     with pytest.raises(SystemExit):

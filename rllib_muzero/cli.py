@@ -520,7 +520,8 @@ def _add_evaluate_parser(sub: Any) -> None:
     p.add_argument("--games-per-evaluation", type=int, default=1, metavar="N", help="games per checkpoint and "
                    "temperature (default 1); game i is reset with seed --seed + i")
     p.add_argument("--eval-temperatures", type=float, nargs="+", metavar="T",
-                   help="temperatures to compare (default 0 = greedy: the most visited action)")
+                   help="temperatures to compare (default 0 = greedy: the most visited action); pUCT search "
+                   "only: Gumbel search plays its own action")
     p.add_argument("--num-simulations", type=int, metavar="N", help="simulations per search (default: the "
                    "checkpoint's num_simulations)")
     p.add_argument("--only-prior", action="store_true", help="act on the network's prior alone (no search)")
@@ -528,7 +529,8 @@ def _add_evaluate_parser(sub: Any) -> None:
                    help="act by one-step lookahead: argmax_a r(s,a) + gamma * v(s') (no search)")
     p.add_argument("--random-agent", action="store_true",
                    help="act uniformly at random over the legal actions (the baseline; the checkpoint gives the env)")
-    p.add_argument("--use-exploration-noise", action="store_true", help="Dirichlet noise on the root prior")
+    p.add_argument("--use-exploration-noise", action="store_true", help="the search's training-time root noise: "
+                   "Dirichlet noise on the root prior (pUCT, --only-prior) or Gumbel noise (Gumbel search)")
     p.add_argument("--apply-mcts-steps", type=int, default=1, metavar="N",
                    help="actions played from one search: the chosen one, then open-loop along the most visited path")
     p.add_argument("--max-steps", type=int, metavar="N", help="stop each game after N steps")

@@ -50,6 +50,7 @@ from rllib_muzero.play import (
     EvaluationResult,
     ObservationPipeline,
     _frame,
+    check_options_for,
     run_games,
 )
 from rllib_muzero.tree_dot import dot_to_png
@@ -273,6 +274,8 @@ def evaluate_checkpoints(
     for label, path in checkpoints:
         algo = load_algorithm(path)
         try:
+            for options in option_sets:  # what depends on the checkpoint's config, before any game
+                check_options_for(algo.get_policy(), options)
             baseline = None
             if random_options is not None:
                 baseline = evaluate(algo, label="random", env=env, env_config=env_config, options=random_options)

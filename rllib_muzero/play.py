@@ -14,7 +14,9 @@ How :func:`run_games` acts (``EvaluationOptions.mode``):
 
 =========  ============================================================================================================
 ``mcts``   MuZero's search from each real observation; the action is sampled from the root visit counts at the
-           temperature (``T = 0``: most visited, lowest index on ties). With ``apply_mcts_steps = n > 1`` one search
+           temperature (``T = 0``: most visited, lowest index on ties). Gumbel search plays its own action (a
+           temperature above 0 is an error, :func:`check_options_for`); ``use_exploration_noise`` adds its Gumbel
+           noise. With ``apply_mcts_steps = n > 1`` one search
            also plans the next ``n - 1`` actions open-loop: from the child of the action taken, follow the most
            visited child (lowest index on ties) as long as the tree goes on, and play those actions without
            searching again.
@@ -128,6 +130,7 @@ _FLAGS = {
     "max_steps": "--max-steps",
     "save_mcts_after_step": "--save-mcts-after-step",
     "games_per_batch": "--games-per-batch",
+    "use_exploration_noise": "--use-exploration-noise",
 }
 
 
@@ -152,8 +155,8 @@ class EvaluationOptions:
         temperature: ``T >= 0`` of the action choice (0 = greedy), see the module docstring per mode.
         mode: ``"mcts"`` (search), ``"prior"`` (network prior only) or ``"value"`` (one-step lookahead).
         num_simulations: simulations per search; None = the policy's ``num_simulations``.
-        use_exploration_noise: Dirichlet noise on the root prior (``mcts`` and ``prior`` modes); off = the paper's
-            evaluation.
+        use_exploration_noise: the search's training-time root noise (Dirichlet noise on the root prior for pUCT,
+            the Gumbel noise for Gumbel search; ``prior`` mode: Dirichlet); off = the paper's evaluation.
         apply_mcts_steps: actions played from one search (open-loop along the most visited path); ``mcts`` only.
         seed: base seed of env resets and of each batch's generator.
         max_steps: stop each game after this many steps (counted as truncated); None = play to the end.
@@ -209,6 +212,19 @@ class EvaluationOptions:
                 raise EvaluationError(f"--num-simulations has no effect with {flag}; leave it out")
         if self.mode in ("value", "random") and self.use_exploration_noise:
             raise EvaluationError(f"--use-exploration-noise has no effect with {flag} (no prior is used)")
+
+
+def check_options_for(policy: MuZeroTorchPolicy, options: EvaluationOptions) -> None:
+    """The checks of ``options`` that need the policy's config (:class:`EvaluationOptions` checks the rest on its
+    own): Gumbel search (``search_algorithm="gumbel"``) plays the search's own action (Danihelka et al. 2022,
+    Algorithm 2), not a sample of the visit counts, so a temperature above 0 would silently play the greedy games;
+    its exploration is its Gumbel noise (``use_exploration_noise``)."""
+    if options.mode == "mcts" and options.temperature != 0 and policy.config.get("search_algorithm") == "gumbel":
+        raise EvaluationError(
+            f"`temperature` ({_FLAGS['temperature']}) has no effect with the checkpoint's search_algorithm "
+            f"'gumbel', which plays the search's own action: use 0, or use_exploration_noise "
+            f"({_FLAGS['use_exploration_noise']}) for the Gumbel noise it explores with in training; got "
+            f"{options.temperature!r}")
 
 
 @dataclass
@@ -640,6 +656,7 @@ def run_games(
     """Plays ``options.num_games`` games in batches of ``options.games_per_batch``, serially or as Ray tasks
     (``options.parallel``); returns their traces in game order. Both ways give identical results (module
     docstring). ``make_env`` and ``obs_fn`` must be picklable for ``parallel``."""
+    check_options_for(policy, options)
     batches = _batches(options)
     if not options.parallel:
         with _torch_threads(1):

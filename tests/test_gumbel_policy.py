@@ -95,6 +95,39 @@ def test_evaluate_plays_and_draws_gumbel_trees(gumbel_algo, tmp_path):
     assert summary[0]["lengths"]
 
 
+def test_evaluate_refuses_a_temperature_for_gumbel_search_and_explores_with_its_noise(gumbel_algo, tmp_path):
+    """Gumbel search plays its own action, so `--eval-temperatures 0.5` would silently replay the greedy games: an
+    error naming the option, before any game; `--use-exploration-noise` is the way to explore, and changes play."""
+    from rllib_muzero.play import EvaluationError, EvaluationOptions, run_games
+
+    algo, trial = gumbel_algo
+    code, stdout, stderr = run_cli(["evaluate", str(trial / "checkpoint_000002"), "--eval-temperatures", "0", "0.5",
+                                    "--max-steps", "3", "--output-dir", str(tmp_path)])
+    assert code != 0 and "--eval-temperatures" in stderr and "'gumbel'" in stderr
+    assert "--use-exploration-noise" in stderr
+    assert "T=0:" not in stdout  # refused before the T = 0 games too
+    policy = algo.get_policy()
+    with pytest.raises(EvaluationError, match="temperature"):
+        run_games(policy, lambda: gym.make("CartPole-v1"), EvaluationOptions(temperature=0.5, max_steps=3))
+
+    searches = []
+    real_search = policy.search
+
+    def recording_search(*args, **kwargs):
+        searches.append(real_search(*args, **kwargs))
+        return searches[-1]
+
+    policy.search = recording_search
+    try:
+        for noise in (False, True):
+            searches.clear()
+            options = EvaluationOptions(num_games=2, max_steps=5, use_exploration_noise=noise)
+            run_games(policy, lambda: gym.make("CartPole-v1"), options)
+            assert searches and all(bool(out.gumbel.any()) is noise for out in searches)
+    finally:
+        del policy.search
+
+
 def test_masked_actions_are_never_chosen_by_the_gumbel_search(gumbel_algo):
     algo, _ = gumbel_algo
     policy = algo.get_policy()

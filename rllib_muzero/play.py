@@ -16,10 +16,9 @@ How :func:`run_games` acts (``EvaluationOptions.mode``):
 ``mcts``   MuZero's search from each real observation; the action is sampled from the root visit counts at the
            temperature (``T = 0``: most visited, lowest index on ties). Gumbel search plays its own action (a
            temperature above 0 is an error, :func:`check_options_for`); ``use_exploration_noise`` adds its Gumbel
-           noise. With ``apply_mcts_steps = n > 1`` one search
-           also plans the next ``n - 1`` actions open-loop: from the child of the action taken, follow the most
-           visited child (lowest index on ties) as long as the tree goes on, and play those actions without
-           searching again.
+           noise. With ``apply_mcts_steps = n > 1`` one search also plans the next ``n - 1`` actions open-loop:
+           from the child of the action taken, follow the most visited child (lowest index on ties) as long as the
+           tree goes on, and play those actions without searching again.
 ``prior``  The network's prior alone, ``p(s) ** (1 / T)`` normalised (``T = 0``: argmax), no search. Root noise
            (``use_exploration_noise``) is mixed into the prior as in the search (mcts.py convention 9).
 ``value``  One-step lookahead through one recurrent step for every action: ``Q(s, a) = r(s, a) + gamma * v(s')``;
@@ -91,8 +90,10 @@ def play_games(
     """Plays ``num_games`` games to their end and returns their undiscounted returns, shape [num_games].
 
     Game ``i`` is reset with seed ``seed + i``. With ``explore=False`` the search adds no root noise and, at
-    ``temperature`` 0, the most visited action is played (the paper's evaluation).
+    ``temperature`` 0, the most visited action is played (the paper's evaluation). Gumbel search plays its own
+    action: a temperature above 0 is an error there (``explore=True`` gives its Gumbel noise).
     """
+    _check_search_temperature(policy, temperature)
     envs = [make_env() for _ in range(num_games)]
     try:
         obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(envs)])
@@ -219,12 +220,19 @@ def check_options_for(policy: MuZeroTorchPolicy, options: EvaluationOptions) -> 
     own): Gumbel search (``search_algorithm="gumbel"``) plays the search's own action (Danihelka et al. 2022,
     Algorithm 2), not a sample of the visit counts, so a temperature above 0 would silently play the greedy games;
     its exploration is its Gumbel noise (``use_exploration_noise``)."""
-    if options.mode == "mcts" and options.temperature != 0 and policy.config.get("search_algorithm") == "gumbel":
+    if options.mode == "mcts":
+        _check_search_temperature(policy, options.temperature)
+
+
+def _check_search_temperature(policy: MuZeroTorchPolicy, temperature: float) -> None:
+    """Gumbel search ignores the temperature (:func:`~rllib_muzero.acting.search_actions`): above 0 it is an error,
+    for :func:`check_options_for` and :func:`play_games` alike."""
+    if temperature != 0 and policy.config.get("search_algorithm") == "gumbel":
         raise EvaluationError(
             f"`temperature` ({_FLAGS['temperature']}) has no effect with the checkpoint's search_algorithm "
             f"'gumbel', which plays the search's own action: use 0, or use_exploration_noise "
             f"({_FLAGS['use_exploration_noise']}) for the Gumbel noise it explores with in training; got "
-            f"{options.temperature!r}")
+            f"{temperature!r}")
 
 
 @dataclass

@@ -98,7 +98,7 @@ def test_evaluate_plays_and_draws_gumbel_trees(gumbel_algo, tmp_path):
 def test_evaluate_refuses_a_temperature_for_gumbel_search_and_explores_with_its_noise(gumbel_algo, tmp_path):
     """Gumbel search plays its own action, so `--eval-temperatures 0.5` would silently replay the greedy games: an
     error naming the option, before any game; `--use-exploration-noise` is the way to explore, and changes play."""
-    from rllib_muzero.play import EvaluationError, EvaluationOptions, run_games
+    from rllib_muzero.play import EvaluationError, EvaluationOptions, play_games, run_games
 
     algo, trial = gumbel_algo
     code, stdout, stderr = run_cli(["evaluate", str(trial / "checkpoint_000002"), "--eval-temperatures", "0", "0.5",
@@ -109,6 +109,8 @@ def test_evaluate_refuses_a_temperature_for_gumbel_search_and_explores_with_its_
     policy = algo.get_policy()
     with pytest.raises(EvaluationError, match="temperature"):
         run_games(policy, lambda: gym.make("CartPole-v1"), EvaluationOptions(temperature=0.5, max_steps=3))
+    with pytest.raises(EvaluationError, match="temperature"):  # the benchmarks' play_games alike
+        play_games(policy, lambda: gym.make("CartPole-v1"), 1, seed=0, temperature=0.5, max_steps=3)
 
     searches = []
     real_search = policy.search

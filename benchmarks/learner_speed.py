@@ -38,6 +38,7 @@ Reproduce::
     python benchmarks/learner_speed.py                    # batch 256, K = 5, n = 10, 100k transitions
     python benchmarks/learner_speed.py --repeats 9 --updates 30
     python benchmarks/learner_speed.py --precision bf16-mixed   # learner_precision "bf16-mixed"
+    python benchmarks/learner_speed.py --precision bf16-mixed --compile   # + torch_compile_learner
     python benchmarks/learner_speed.py --profile          # cProfile of 30 real-path updates instead of the table
     python benchmarks/learner_speed.py --num-gpus 1       # the learner on a GPU (wall-clock rate)
 """
@@ -119,6 +120,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             learner_precision=args.precision,
         )
         .resources(num_gpus=args.num_gpus)
+        .framework(torch_compile_learner=args.compile)
         .debugging(seed=args.seed)
     )
     env = gym.make("CartPole-v1")
@@ -144,12 +146,14 @@ class _PhaseClock:
     """Times the phases of the REAL update path by wrapping what it calls (no copy of ``learn_on_replay_batch``).
 
     While active, it wraps ``make_unroll_targets`` in the replay module, ``torch.as_tensor`` (the batch's host->device
-    conversion, the only caller during an update), the policy's ``loss``, ``torch.Tensor.backward``,
-    ``torch.nn.utils.clip_grad_norm_`` and the optimizer's ``step``, each with the thread's CPU clock.
+    conversion; not under ``--compile``, where it counts as "learner other"), the policy's ``loss``,
+    ``torch.Tensor.backward``, ``torch.nn.utils.clip_grad_norm_`` and the optimizer's ``step``, each with the thread's
+    CPU clock.
     """
 
-    def __init__(self, policy: Any) -> None:
+    def __init__(self, policy: Any, *, host_to_device: bool = True) -> None:
         self.policy = policy
+        self.host_to_device = host_to_device
         self.seconds: dict[str, float] = defaultdict(float)
         self._undo: list[tuple[Any, str, Any]] = []
 
@@ -171,7 +175,8 @@ class _PhaseClock:
         import rllib_muzero.replay as replay_module
 
         self._wrap(replay_module, "make_unroll_targets", "target building")
-        self._wrap(torch, "as_tensor", "host->device")
+        if self.host_to_device:  # not under --compile: the compiled unroll calls torch.as_tensor, and must not see a
+            self._wrap(torch, "as_tensor", "host->device")  # Python wrapper (a graph break, and a recompile per swap)
         self._wrap(self.policy, "loss", "forward (loss)")
         self._wrap(torch.Tensor, "backward", "backward")
         self._wrap(torch.nn.utils, "clip_grad_norm_", "grad clip + optimizer step")
@@ -240,6 +245,9 @@ def main() -> None:
                              "GPU compare the wall-clock rate: the thread's CPU time misses the device's work)")
     parser.add_argument("--precision", default="float32", choices=["float32", "bf16-mixed"],
                         help="the learner's learner_precision (bf16-mixed: autocast to bfloat16)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch_compile_learner: the loss's unroll compiled by torch.compile (inductor; compiled "
+                             "during the warm-up updates, whose time is printed)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile 30 updates instead of the table")
     args = parser.parse_args()
@@ -250,8 +258,10 @@ def main() -> None:
     policy, replay = build(args)
     setup_s = time.perf_counter() - start
     rng = np.random.default_rng(args.seed)
+    start = time.perf_counter()
     for _ in range(args.warmup):
         real_update(policy, replay, args, rng)
+    warmup_s = time.perf_counter() - start
 
     if args.profile:
         profiler = cProfile.Profile()
@@ -272,7 +282,7 @@ def main() -> None:
             real_update(policy, replay, args, rng)
         real_rates.append(args.updates / (time.perf_counter() - start))
         cpu_rates.append(args.updates / (time.thread_time() - start_cpu))
-        with _PhaseClock(policy) as clock:
+        with _PhaseClock(policy, host_to_device=not args.compile) as clock:
             start = time.thread_time()
             for _ in range(args.updates):
                 timed_update(policy, replay, args, rng, clock)
@@ -285,8 +295,9 @@ def main() -> None:
 
     print(
         f"learner, batch {args.batch_size}, K = {args.unroll}, n = {args.td_steps}, replay {len(replay):,} / "
-        f"{replay.capacity:,} transitions, {args.threads} thread(s), device {policy.device}, {args.precision}, "
-        f"torch {torch.__version__} (setup {setup_s:.1f} s)"
+        f"{replay.capacity:,} transitions, {args.threads} thread(s), device {policy.device}, {args.precision}"
+        f"{', torch_compile_learner' if args.compile else ''}, torch {torch.__version__} (setup {setup_s:.1f} s, "
+        f"{args.warmup} warm-up updates {warmup_s:.1f} s)"
     )
     print(f"{'':<38}{'median':>8}{'min':>8}{'max':>8}   ({args.repeats} rounds x {args.updates} updates)")
     for name, values in (

@@ -31,7 +31,7 @@ import numpy as np
 import psutil
 import ray
 from ray.rllib.algorithms.algorithm import Algorithm
-from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided
+from ray.rllib.algorithms.algorithm_config import AlgorithmConfig, NotProvided, TorchCompileWhatToCompile
 from ray.rllib.env.env_context import EnvContext
 from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
 from ray.rllib.policy.policy import Policy
@@ -580,6 +580,36 @@ class MuZeroConfig(AlgorithmConfig):
         if self.evaluation_config is not None and not isinstance(self.evaluation_config, (dict, AlgorithmConfig)):
             _fail("evaluation_config", self.evaluation_config,
                   "None or a dict of config overrides for evaluation (e.g. MuZeroConfig.overrides(explore=False))")
+        self._validate_torch_compile()
+
+    def _validate_torch_compile(self) -> None:
+        """RLlib's ``framework(torch_compile_learner=...)`` options, as MuZero honours them: the learner's loss (the
+        network's unroll and the cross-entropies, forward and backward) is compiled (:func:`compile_unroll_loss`);
+        the optimizer step is not (``torch_compile_learner_what_to_compile`` "complete_update" is refused), and acting
+        is never compiled: the search runs its own numpy inference (``torch_compile_worker`` is refused rather than
+        silently ignored)."""
+        if self.torch_compile_worker:
+            _fail("torch_compile_worker", self.torch_compile_worker,
+                  "False: MuZero's search does not run the network through torch.compile (it uses its own numpy "
+                  "inference on CPU); use torch_compile_learner for the learner")
+        if not self.torch_compile_learner:
+            return
+        if self.torch_compile_learner is not True:
+            _fail("torch_compile_learner", self.torch_compile_learner, "True or False")
+        if self.torch_compile_learner_what_to_compile != TorchCompileWhatToCompile.FORWARD_TRAIN:
+            _fail("torch_compile_learner_what_to_compile", self.torch_compile_learner_what_to_compile,
+                  f"{TorchCompileWhatToCompile.FORWARD_TRAIN.value!r} (MuZero compiles the loss, forward and "
+                  "backward; the optimizer step stays eager)")
+        import torch._dynamo
+        import torch._inductor
+
+        backends = sorted(torch._dynamo.list_backends(exclude_tags=()))
+        if self.torch_compile_learner_dynamo_backend not in backends:
+            _fail("torch_compile_learner_dynamo_backend", self.torch_compile_learner_dynamo_backend,
+                  f"one of torch's dynamo backends {backends}")
+        modes = [None, *sorted(torch._inductor.list_mode_options())]
+        if self.torch_compile_learner_dynamo_mode not in modes:
+            _fail("torch_compile_learner_dynamo_mode", self.torch_compile_learner_dynamo_mode, f"one of {modes}")
 
     def _validate_model(self) -> None:
         """``model.custom_model`` must name a network that exists, and a built-in network's ``custom_model_config``

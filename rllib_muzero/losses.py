@@ -66,9 +66,9 @@ Everything here is torch only: no Ray, no RLlib policy types. ``model`` is anyth
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -89,7 +89,17 @@ from rllib_muzero.columns import (
 from rllib_muzero.consistency import ConsistencyHeads, unroll_target_hidden
 from rllib_muzero.support import DiscreteSupport, h, h_inverse, scalar_to_two_hot, support_to_scalar
 
-__all__ = ["HIDDEN_STATE_GRADIENT_SCALE", "SCALAR_LOSSES", "LossOutput", "muzero_loss", "scale_gradient"]
+__all__ = [
+    "HIDDEN_STATE_GRADIENT_SCALE",
+    "SCALAR_LOSSES",
+    "LossOutput",
+    "UnrollLoss",
+    "compile_unroll_loss",
+    "encode_head_target",
+    "muzero_loss",
+    "scale_gradient",
+    "unroll_loss",
+]
 
 HIDDEN_STATE_GRADIENT_SCALE = 0.5  # pseudocode: hidden_state = scale_gradient(hidden_state, 0.5)
 
@@ -177,21 +187,41 @@ def _two_hot_cross_entropy(logits: Tensor, index: Tensor, mass: Tensor) -> Tenso
 
 class _HeadLoss:
     """``l^v`` or ``l^r`` of one head for every unroll step: the two-hot cross-entropy on a support (targets encoded
-    once for all ``K + 1`` steps, sparsely), or ``scalar_loss`` on a scalar head (``support=None``)."""
+    once for all ``K + 1`` steps, sparsely, by :func:`encode_head_target`), or ``scalar_loss`` on a scalar head."""
 
-    def __init__(self, target: Tensor, support: DiscreteSupport | None, scalar_loss: str):
-        self.support = support
-        if support is None:
-            self.target = target  # (B, K+1), already transformed
-            self.scalar_loss = SCALAR_LOSSES[scalar_loss]
+    def __init__(self, encoded: tuple[Tensor, Tensor] | Tensor, scalar_loss: str):
+        self.categorical = isinstance(encoded, tuple)
+        if self.categorical:
+            self.index, self.mass = encoded  # (B, K+1, 2) each
         else:
-            self.index, self.mass = scalar_to_two_hot(target, support)  # (B, K+1, 2) each
+            self.target = encoded  # (B, K+1), already transformed
+            self.scalar_loss = SCALAR_LOSSES[scalar_loss]
 
     def __call__(self, logits: Tensor, k: int) -> Tensor:
         """``(B, S)`` or ``(B, 1)`` head output at unroll step ``k`` -> ``(B,)`` loss."""
-        if self.support is None:
-            return self.scalar_loss(logits[:, 0].float(), self.target[:, k])
-        return _two_hot_cross_entropy(logits, self.index[:, k], self.mass[:, k])
+        if self.categorical:
+            return _two_hot_cross_entropy(logits, self.index[:, k], self.mass[:, k])
+        return self.scalar_loss(logits[:, 0].float(), self.target[:, k])
+
+
+def encode_head_target(target: Tensor, support: DiscreteSupport | None) -> tuple[Tensor, Tensor] | Tensor:
+    """A head's (already transformed) ``(B, K+1)`` targets as the loss reads them: two-hot ``(atom index, mass)``
+    pairs, ``(B, K+1, 2)`` each, on a support (the dense ``(B, K+1, S)`` encodings are never built), or the scalars
+    themselves for a scalar head (``support=None``)."""
+    return target if support is None else scalar_to_two_hot(target, support)
+
+
+class UnrollLoss(NamedTuple):
+    """What :func:`unroll_loss` returns: the batch's loss and per-sample components, ``(B,)`` and detached, summed over
+    the unroll steps, and the first step's logits (detached, float32) for the priorities and metrics."""
+
+    total: Tensor  # () the weighted batch mean, to differentiate
+    value_loss: Tensor  # (B,)
+    reward_loss: Tensor  # (B,)
+    policy_loss: Tensor  # (B,)
+    consistency_loss: Tensor  # (B,)
+    value_logits_0: Tensor  # (B, Sv)
+    policy_logits_0: Tensor  # (B, A)
 
 
 def _check_batch(batch: Mapping[str, Any]) -> tuple[int, int, int]:
@@ -227,8 +257,13 @@ def muzero_loss(
     policy_loss_weight: float = 1.0,
     consistency_heads: ConsistencyHeads | None = None,
     consistency_loss_weight: float = 0.0,
+    unroll: Callable[..., UnrollLoss] | None = None,
 ) -> LossOutput:
     """MuZero's training loss (paper eq. (1)) on a batch of K-step unrolls; see the module docstring.
+
+    Three parts: the targets are checked and encoded here (``h``, two-hot), the network is unrolled and the losses
+    summed by :func:`unroll_loss` (``unroll``: that function, or the same one compiled, :func:`compile_unroll_loss`),
+    and the priorities and metrics are read out here from its first-step logits.
 
     Args:
         model: Has ``initial_inference(obs)`` and ``recurrent_inference(hidden, action)`` (a ``MuZeroModelV2``).
@@ -247,6 +282,8 @@ def muzero_loss(
         consistency_heads: EfficientZero's projection / prediction heads; with them (and a positive
             ``consistency_loss_weight``) the batch must also hold ``TRAIN_UNROLL_OBS`` and ``TRAIN_UNROLL_OBS_MASK``.
         consistency_loss_weight: Multiplies ``l^c`` (EfficientZero: 2).
+        unroll: Runs the unroll and the losses in place of :func:`unroll_loss` (same signature): the policy passes
+            :func:`compile_unroll_loss`'s compiled version under ``torch_compile_learner``. ``None``: the eager one.
 
     Returns:
         A :class:`LossOutput`.
@@ -261,7 +298,7 @@ def muzero_loss(
             raise ValueError(f"`{arg}` must be >= 0, got {weight!r}")
     if scalar_loss not in SCALAR_LOSSES:
         raise ValueError(f"`scalar_loss` must be one of {sorted(SCALAR_LOSSES)}, got {scalar_loss!r}")
-    B, K, A = _check_batch(batch)
+    _check_batch(batch)
 
     obs = batch[TRAIN_OBS]
     actions = batch[TRAIN_ACTIONS].long()  # (B, K)
@@ -279,14 +316,104 @@ def muzero_loss(
     target_policy = torch.where(policy_mask.unsqueeze(-1) > 0, target_policy, 0.0)
 
     transform = h if use_target_transform else (lambda x: x)
-    # Two-hot targets as (atom index, mass) pairs, (B, K+1, 2) each: the dense (B, K+1, S) encodings are never built.
-    value_head_loss = _HeadLoss(transform(target_value), value_support, scalar_loss)
-    reward_head_loss = _HeadLoss(transform(target_reward), reward_support, scalar_loss)
+    value_target = encode_head_target(transform(target_value), value_support)
+    reward_target = encode_head_target(transform(target_reward), reward_support)
+
+    consistent = consistency_heads is not None and consistency_loss_weight > 0.0
+    target_hidden = unroll_mask = None
+    if consistent:
+        if TRAIN_UNROLL_OBS not in batch or TRAIN_UNROLL_OBS_MASK not in batch:
+            raise ValueError(f"muzero_loss: the consistency loss needs `{TRAIN_UNROLL_OBS}` and "
+                             f"`{TRAIN_UNROLL_OBS_MASK}` in the batch (replay sample with with_unroll_obs=True)")
+        target_hidden = unroll_target_hidden(model, batch[TRAIN_UNROLL_OBS])  # (B, K, *H), no gradient
+        unroll_mask = batch[TRAIN_UNROLL_OBS_MASK].float()  # (B, K)
+
+    out = (unroll or unroll_loss)(
+        model,
+        obs,
+        actions,
+        value_target,
+        reward_target,
+        target_policy,
+        value_mask,
+        reward_mask,
+        policy_mask,
+        weights,
+        scalar_loss=scalar_loss,
+        value_loss_weight=value_loss_weight,
+        reward_loss_weight=reward_loss_weight,
+        policy_loss_weight=policy_loss_weight,
+        consistency_heads=consistency_heads if consistent else None,
+        consistency_loss_weight=consistency_loss_weight,
+        target_hidden=target_hidden,
+        unroll_mask=unroll_mask,
+    )
+
+    # Priorities and metrics from the current network, in the raw value scale.
+    with torch.no_grad():
+        predicted_value = support_to_scalar(out.value_logits_0, value_support)  # (B,)
+        if use_target_transform:
+            predicted_value = h_inverse(predicted_value)
+        target_value_0 = target_value[:, 0]
+        priorities = (predicted_value - target_value_0).abs()
+        log_p = torch.log_softmax(out.policy_logits_0, dim=-1)
+        policy_entropy = -(log_p.exp() * log_p).sum(-1).mean()
+
+    return LossOutput(
+        total=out.total,
+        value_loss=out.value_loss.mean(),
+        reward_loss=out.reward_loss.mean(),
+        policy_loss=out.policy_loss.mean(),
+        consistency_loss=out.consistency_loss.mean(),
+        priorities=priorities,
+        predicted_value=predicted_value,
+        target_value=target_value_0,
+        policy_entropy=policy_entropy,
+    )
+
+
+def unroll_loss(
+    model: Any,
+    obs: Tensor,
+    actions: Tensor,
+    value_target: tuple[Tensor, Tensor] | Tensor,
+    reward_target: tuple[Tensor, Tensor] | Tensor,
+    target_policy: Tensor,
+    value_mask: Tensor,
+    reward_mask: Tensor,
+    policy_mask: Tensor,
+    weights: Tensor,
+    *,
+    scalar_loss: str,
+    value_loss_weight: float,
+    reward_loss_weight: float,
+    policy_loss_weight: float,
+    consistency_heads: ConsistencyHeads | None,
+    consistency_loss_weight: float,
+    target_hidden: Tensor | None,
+    unroll_mask: Tensor | None,
+) -> UnrollLoss:
+    """The network unrolled ``K`` steps along the actions taken and eq. (1) summed over the steps, weighted by the
+    importance-sampling weights and averaged over the batch:
+
+        total = mean_i w_i [ l^v_0 + l^p_0 + sum_{k=1..K} (1/K) (l^r_k + l^v_k + l^p_k (+ l^c_k)) ]
+
+    with the pseudocode's gradient scalings (``1/K`` per recurrent step, 0.5 at the start of every dynamics step).
+    Tensors in, tensors out, no host synchronisation and no numpy: the part of the update that ``torch.compile``
+    can capture as one graph (``torch_compile_learner``). The targets come encoded (:func:`encode_head_target`) and
+    masked (zero where their mask is 0); ``actions`` ``(B, K)`` int64; the masks, ``target_policy`` ``(B, K+1, A)``
+    and ``weights`` ``(B,)`` float32. With ``consistency_heads``, ``target_hidden`` ``(B, K, *H)`` (no gradient) and
+    ``unroll_mask`` ``(B, K)`` give EfficientZero's consistency loss (:func:`muzero_loss` builds them).
+    """
+    K = actions.shape[1]
+    value_head_loss = _HeadLoss(value_target, scalar_loss)
+    reward_head_loss = _HeadLoss(reward_target, scalar_loss)
 
     # k = 0: from the real observation.
     out = model.initial_inference(obs)
-    if out.policy_logits.shape[-1] != A:
-        raise ValueError(f"muzero_loss: policy logits have {out.policy_logits.shape[-1]} actions, targets have {A}")
+    if out.policy_logits.shape[-1] != target_policy.shape[-1]:
+        raise ValueError(f"muzero_loss: policy logits have {out.policy_logits.shape[-1]} actions, targets have "
+                         f"{target_policy.shape[-1]}")
     value_loss_k = value_head_loss(out.value_logits, 0) * value_mask[:, 0]
     policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, 0]) * policy_mask[:, 0]  # (B,)
     loss = value_loss_weight * value_loss_k + policy_loss_weight * policy_loss_k  # (B,); gradient scale 1
@@ -294,18 +421,9 @@ def muzero_loss(
     value_loss = value_loss_k.detach()
     policy_loss = policy_loss_k.detach()
     reward_loss = torch.zeros_like(value_loss)
-
-    value_0 = out.value_logits.detach().float()
-    policy_logits_0 = out.policy_logits.detach().float()
-
-    consistent = consistency_heads is not None and consistency_loss_weight > 0.0
     consistency_loss = torch.zeros_like(value_loss)
-    if consistent:
-        if TRAIN_UNROLL_OBS not in batch or TRAIN_UNROLL_OBS_MASK not in batch:
-            raise ValueError(f"muzero_loss: the consistency loss needs `{TRAIN_UNROLL_OBS}` and "
-                             f"`{TRAIN_UNROLL_OBS_MASK}` in the batch (replay sample with with_unroll_obs=True)")
-        target_hidden = unroll_target_hidden(model, batch[TRAIN_UNROLL_OBS])  # (B, K, *H), no gradient
-        unroll_mask = batch[TRAIN_UNROLL_OBS_MASK].float()  # (B, K)
+    value_logits_0 = out.value_logits.detach().float()
+    policy_logits_0 = out.policy_logits.detach().float()
 
     # k = 1..K: from the previous hidden state and the action taken.
     hidden = out.hidden
@@ -318,7 +436,7 @@ def muzero_loss(
         reward_loss_k = reward_head_loss(out.reward_logits, k) * reward_mask[:, k]
         policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, k]) * policy_mask[:, k]
         l_k = value_loss_weight * value_loss_k + reward_loss_weight * reward_loss_k + policy_loss_weight * policy_loss_k
-        if consistent:  # EfficientZero: -cos(Q(P(s^k)), sg[P(h(o_{t+k}))])
+        if consistency_heads is not None:  # EfficientZero: -cos(Q(P(s^k)), sg[P(h(o_{t+k}))])
             consistency_loss_k = consistency_heads.loss(hidden, target_hidden[:, k - 1]) * unroll_mask[:, k - 1]
             l_k = l_k + consistency_loss_weight * consistency_loss_k
             consistency_loss = consistency_loss + consistency_loss_k.detach()
@@ -328,26 +446,38 @@ def muzero_loss(
         reward_loss = reward_loss + reward_loss_k.detach()
         policy_loss = policy_loss + policy_loss_k.detach()
 
-    total = (weights * loss).mean()
+    return UnrollLoss((weights * loss).mean(), value_loss, reward_loss, policy_loss, consistency_loss,
+                      value_logits_0, policy_logits_0)
 
-    # Priorities and metrics from the current network, in the raw value scale.
-    with torch.no_grad():
-        predicted_value = support_to_scalar(value_0, value_support)  # (B,)
-        if use_target_transform:
-            predicted_value = h_inverse(predicted_value)
-        target_value_0 = target_value[:, 0]
-        priorities = (predicted_value - target_value_0).abs()
-        log_p = torch.log_softmax(policy_logits_0, dim=-1)
-        policy_entropy = -(log_p.exp() * log_p).sum(-1).mean()
 
-    return LossOutput(
-        total=total,
-        value_loss=value_loss.mean(),
-        reward_loss=reward_loss.mean(),
-        policy_loss=policy_loss.mean(),
-        consistency_loss=consistency_loss.mean(),
-        priorities=priorities,
-        predicted_value=predicted_value,
-        target_value=target_value_0,
-        policy_entropy=policy_entropy,
-    )
+def compile_unroll_loss(*, backend: str = "inductor", mode: str | None = None) -> Callable[..., UnrollLoss]:
+    """:func:`unroll_loss` compiled by ``torch.compile`` (one graph, static shapes), for :func:`muzero_loss`'s
+    ``unroll``; compiled on its first call (tens of seconds for inductor on a CPU), again if a shape, a dtype, the
+    autocast state or the model changes.
+
+    Why only this part: the target encoding (``h`` and its inverse run in float64 through numpy) and the priorities
+    need the host, and a graph break inside the compiled function would split it anyway. What it gains is the fusion
+    of the elementwise work around the matrix products (activations, hidden-state scaling, soft-maxes, casts), which
+    torch's eager mode runs as hundreds of small kernels per update: on the CPU learner benchmark with
+    ``learner_precision`` "bf16-mixed" that is most of the difference (``docs/benchmarks.md``, "Learner speed").
+
+    Raises (on the first call):
+        RuntimeError: naming ``torch_compile_learner`` when ``torch.compile`` cannot capture the network's functions
+            in one graph (``.item()``, numpy, Python branches on tensor values) or its backend fails (inductor needs a
+            C++ compiler on CPU).
+    """
+    compiled = torch.compile(unroll_loss, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+
+    def run(model: Any, *args: Any, **kwargs: Any) -> UnrollLoss:
+        try:
+            return compiled(model, *args, **kwargs)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            raise RuntimeError(
+                f"`torch_compile_learner`: torch.compile (backend {backend!r}, mode {mode!r}) could not compile the "
+                f"MuZero loss of {type(model).__name__}. Set torch_compile_learner=False (the eager learner computes "
+                "the same loss), or make the network's representation / dynamics / prediction traceable in one graph "
+                "(no .item(), numpy or Python branches on tensor values). torch.compile said: "
+                f"{type(error).__name__}: {str(error).strip()[:2000]}"
+            ) from error
+
+    return run

@@ -33,7 +33,7 @@ from rllib_muzero.acting import (
     to_scalar,
 )
 from rllib_muzero.consistency import ConsistencyHeads
-from rllib_muzero.losses import LossOutput, muzero_loss
+from rllib_muzero.losses import LossOutput, compile_unroll_loss, muzero_loss
 from rllib_muzero.mcts import SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2, check_muzero_model
 from rllib_muzero.support import DiscreteSupport, head_size
@@ -201,6 +201,12 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self._target_model: MuZeroModelV2 | None = None  # built by the learner on first use (target_model())
         self._target_updated_at = 0  # num_grad_updates when the target network was last refreshed
         self._reanalyse_rng: np.random.Generator | None = None  # root noise of policy reanalyse, made on first use
+        # `torch_compile_learner` (RLlib's option): the loss's unroll compiled on the first learner update, here only
+        # (acting never runs it); None: eager.
+        self._unroll_loss = compile_unroll_loss(
+            backend=config.get("torch_compile_learner_dynamo_backend", "inductor"),
+            mode=config.get("torch_compile_learner_dynamo_mode"),
+        ) if config.get("torch_compile_learner") else None
 
     # ------------------------------------------------------------------ building
     def make_model(self) -> MuZeroModelV2:
@@ -218,6 +224,14 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             model.train(training)
             self.consistency_heads = ConsistencyHeads(hidden_shape, int(self.config["consistency_projection_size"]))
         return model
+
+    def _init_model_and_dist_class(self) -> tuple[MuZeroModelV2, type]:
+        """RLlib's, without its whole-model ``torch.compile`` under ``torch_compile_learner``: on the old stack RLlib
+        would wrap the network itself (with the *worker* backend, "onnxrt" by default, on the local runner), which
+        the search's numpy inference and the network's own methods bypass anyway. MuZero compiles the learner's loss
+        instead (:func:`~rllib_muzero.losses.compile_unroll_loss`, ``self._unroll_loss``)."""
+        dist_class, _ = ModelCatalog.get_action_dist(self.action_space, self.config["model"], framework="torch")
+        return self.make_model(), dist_class
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         """Everything the optimizer updates: the network, plus the consistency heads when they exist."""
@@ -424,6 +438,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             policy_loss_weight=float(self.config["policy_loss_weight"]),
             consistency_heads=self.consistency_heads,
             consistency_loss_weight=float(self.config["consistency_loss_weight"]),
+            unroll=self._unroll_loss,
         )
         model.tower_stats["muzero_loss_output"] = out
         return out.total

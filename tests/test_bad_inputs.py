@@ -57,6 +57,8 @@ CONFIG_VALUES = [
     ("evaluation_duration_unit", "games"), ("evaluation_config", [1]), ("sample_timeout_s", NAN),
     ("min_time_s_per_iteration", -1), ("explore", "yes"), ("max_requests_in_flight_per_env_runner", 0),
     ("metrics_num_episodes_for_smoothing", 0), ("model", "muzero_fc"),
+    # RLlib's torch.compile options: the search never runs torch.compile; the learner's must name what torch has
+    ("torch_compile_worker", True), ("torch_compile_learner", "yes"),
 ]
 
 
@@ -93,6 +95,15 @@ STRUCTURE = [
      "`norm_states`"),
     ("sticky-actions-zero", lambda: _validate(env="CartPole-v1", env_config={"sticky_actions": 0}),
      "`sticky_actions`"),
+    ("compile-backend", lambda: _validate(env="CartPole-v1", torch_compile_learner=True,
+                                          torch_compile_learner_dynamo_backend="inductr"),
+     "`torch_compile_learner_dynamo_backend`.*inductor"),
+    ("compile-mode", lambda: _validate(env="CartPole-v1", torch_compile_learner=True,
+                                       torch_compile_learner_dynamo_mode="fast"),
+     "`torch_compile_learner_dynamo_mode`.*max-autotune"),
+    ("compile-what", lambda: _validate(env="CartPole-v1", torch_compile_learner=True,
+                                       torch_compile_learner_what_to_compile="complete_update"),
+     "`torch_compile_learner_what_to_compile`.*forward_train"),
     ("env-config-not-a-dict", lambda: _validate(env="CartPole-v1", env_config=[1, 2]), "`env_config`"),
     # the network: names and options checked statically, naming what is accepted
     ("unknown-custom-model", lambda: _validate(env="CartPole-v1", model={"custom_model": "muzero_fcc"}),

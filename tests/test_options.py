@@ -1,6 +1,8 @@
 """Self-play and training options change behaviour (not only parse): lr schedule, fixed temperatures, use_q_max,
 weight-sync frequency, temperature schedule, scalar heads (no_support) and the growing replay window."""
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -220,10 +222,10 @@ def test_bf16_mixed_learner_computes_in_bfloat16_close_to_float32_and_trains(ray
             return y
 
         linear.forward = recording_forward
-        state = policy.get_state()
+        state = copy.deepcopy(policy.get_state())  # on the CPU, get_state's arrays share the live weights
         out = {}
         for precision in ("float32", "bf16-mixed"):
-            policy.set_state(state)
+            policy.set_state(copy.deepcopy(state))  # the optimizer keeps the tensors it is given
             policy.config["learner_precision"] = precision
             seen.clear()
             out[precision] = policy.learn_on_replay_batch({k: v.copy() for k, v in batch.items()})

@@ -255,12 +255,13 @@ def test_bf16_mixed_learner_computes_in_bfloat16_close_to_float32_and_trains(ray
 @pytest.mark.integration
 def test_optimizer_steps_refresh_the_acting_copy(ray_session):
     """Every learner step reaches the network's acting copy (numpy inference, keyed on the parameters' version
-    counters). A guard for a measured trap: torch's fused CPU optimizers (``fused=True``) update the parameters without
-    bumping those counters, so acting would go on with stale weights."""
+    counters). The learner uses torch's fused CPU optimizer (``fused=True``), which updates the parameters without
+    bumping those counters: without the policy's own bump after each step, acting would go on with stale weights."""
     algo = tiny_config().build_algo()
     try:
         algo.train()
         policy = algo.get_policy()
+        assert policy._optimizers[0].defaults["fused"] is True  # the trap this test guards is live
         engine_before = policy.model.numpy_inference()
         updates = policy.num_grad_updates
         algo.train()

@@ -142,12 +142,13 @@ def _infinite_lr_step(optimizer):
     return step
 
 
+@pytest.mark.parametrize("fused", [False, True], ids=["default", "fused"])  # the policy uses fused where torch can
 @pytest.mark.parametrize("optimizer_class", [torch.optim.AdamW, torch.optim.SGD])
-def test_pre_step_copy_undoes_a_step_exactly(optimizer_class):
+def test_pre_step_copy_undoes_a_step_exactly(optimizer_class, fused):
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
     kwargs = {"momentum": 0.9} if optimizer_class is torch.optim.SGD else {}
-    optimizer = optimizer_class(net.parameters(), lr=0.1, **kwargs)
+    optimizer = optimizer_class(net.parameters(), lr=0.1, fused=fused, **kwargs)
     copy_ = PreStepCopy()
 
     def update(lr):
@@ -174,6 +175,23 @@ def test_pre_step_copy_undoes_a_step_exactly(optimizer_class):
     _assert_same_state(_state_copy(net), before_net)
     _assert_same_state(_state_copy(optimizer), before_opt)
     assert update(0.1) is True  # and training goes on from there
+
+
+def test_all_finite_tells_huge_finite_weights_from_nan_and_inf():
+    """The check's fast float32 norm overflows for huge but finite weights: those still count as finite (the float64
+    recheck), a single NaN or inf does not."""
+    net = torch.nn.Linear(64, 64)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    check = PreStepCopy()
+    with torch.no_grad():
+        net.weight.fill_(1e30)  # norm 6.4e31 in float64; its square overflows float32
+        assert not torch.isfinite(torch.linalg.vector_norm(net.weight))
+        assert check.all_finite([net], optimizer) is True
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            net.bias[3] = bad
+            assert check.all_finite([net], optimizer) is False
+            net.bias[3] = 0.0
+        assert check.all_finite([net], optimizer) is True
 
 
 def test_an_update_that_makes_the_weights_nonfinite_is_undone_and_counts_nothing(ray_session):

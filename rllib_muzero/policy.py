@@ -40,13 +40,12 @@ from rllib_muzero.models import MuZeroModelV2, check_muzero_model
 from rllib_muzero.support import DiscreteSupport, head_size
 
 _OPTIMIZERS = {
-    "sgd": lambda params, c, fused: torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
-                                                    weight_decay=c["weight_decay"], fused=fused),
-    "rmsprop": lambda params, c, fused: torch.optim.RMSprop(params, lr=c["lr"], momentum=c["momentum"],
-                                                            weight_decay=c["weight_decay"]),
-    "adam": lambda params, c, fused: torch.optim.Adam(params, lr=c["lr"], weight_decay=c["weight_decay"], fused=fused),
-    "adamw": lambda params, c, fused: torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"],
-                                                        fused=fused),
+    "sgd": lambda params, c, **kw: torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
+                                                   weight_decay=c["weight_decay"], **kw),
+    "rmsprop": lambda params, c, **kw: torch.optim.RMSprop(params, lr=c["lr"], momentum=c["momentum"],
+                                                           weight_decay=c["weight_decay"], **kw),
+    "adam": lambda params, c, **kw: torch.optim.Adam(params, lr=c["lr"], weight_decay=c["weight_decay"], **kw),
+    "adamw": lambda params, c, **kw: torch.optim.AdamW(params, lr=c["lr"], weight_decay=c["weight_decay"], **kw),
 }
 _FUSED_OPTIMIZERS = ("sgd", "adam", "adamw")  # torch's fused (single-kernel) implementations exist for these
 
@@ -61,12 +60,14 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], config: Mapping[
     agree to float32 rounding, not bit for bit. Fused CPU kernels do not bump the parameters' version counters, on
     which the acting copies are keyed: :meth:`MuZeroTorchPolicy.learn_on_replay_batch` bumps them after each step.
     """
-    if name in _FUSED_OPTIMIZERS:
+    # torch checks a fused optimizer's parameters only at its first step (this torch) or at construction (older
+    # ones, which also had no fused CPU kernels): decide here, for the devices and dtypes that have the kernels.
+    if name in _FUSED_OPTIMIZERS and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
         try:
-            return _OPTIMIZERS[name](params, config, True)
-        except RuntimeError:  # a device (or dtype) without fused kernels: torch's default implementation
+            return _OPTIMIZERS[name](params, config, fused=True)
+        except (RuntimeError, TypeError):  # a device or dtype without fused kernels, or a torch without the option
             pass
-    return _OPTIMIZERS[name](params, config, None)
+    return _OPTIMIZERS[name](params, config)
 
 
 def split_action_mask_space(observation_space: gym.Space, mask_key: str, num_actions: int
@@ -525,7 +526,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             optimizer.step()
             # Fused CPU optimizers write the parameters without bumping their version counters, which key the
             # acting copies (numpy inference, stacked heads): bump them, so every step reaches acting.
-            torch.autograd.graph.increment_version(self._trained_parameters())
+            for param in self._trained_parameters():
+                torch.autograd.graph.increment_version(param)
             finite = self._pre_step.all_finite(trained_modules, optimizer)
         if finite:
             self.num_grad_updates += 1  # only applied updates advance the schedules

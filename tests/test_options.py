@@ -252,6 +252,22 @@ def test_bf16_mixed_learner_computes_in_bfloat16_close_to_float32_and_trains(ray
         algo.stop()
 
 
+@pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "rmsprop"])
+def test_the_learner_optimizer_is_fused_where_torch_has_the_kernels(name):
+    """Fused for SGD/Adam/AdamW on float CPU parameters, torch's default for RMSprop (no fused version) and for
+    parameters the fused kernels refuse (which torch would only find at the first step); every one steps."""
+    from rllib_muzero.policy import make_optimizer
+
+    config = {"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}
+    for dtype, fusable in ((torch.float32, name != "rmsprop"), (torch.complex64, False)):
+        params = [torch.nn.Parameter(torch.ones(3, dtype=dtype))]
+        optimizer = make_optimizer(name, params, config)
+        assert bool(optimizer.defaults.get("fused")) is fusable, dtype
+        params[0].grad = torch.ones_like(params[0])
+        optimizer.step()
+        assert not torch.equal(params[0].detach(), torch.ones(3, dtype=dtype))
+
+
 @pytest.mark.integration
 def test_optimizer_steps_refresh_the_acting_copy(ray_session):
     """Every learner step reaches the network's acting copy (numpy inference, keyed on the parameters' version

@@ -515,7 +515,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         out: LossOutput = self.model.tower_stats["muzero_loss_output"]
         total.backward()
         clip = self.config["grad_clip"]
-        grad_norm = torch.nn.utils.clip_grad_norm_(self._trained_parameters(), clip if clip else math.inf)
+        trained_parameters = self._trained_parameters()
+        grad_norm = torch.nn.utils.clip_grad_norm_(trained_parameters, clip if clip else math.inf)
         priorities = out.priorities.detach()
         # A NaN/inf anywhere (loss, gradient, or the new priorities, e.g. from an inf target that the support clamps)
         # skips the step: nothing non-finite reaches the weights or the replay's sum tree. A step that makes the
@@ -526,7 +527,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             optimizer.step()
             # Fused CPU optimizers write the parameters without bumping their version counters, which key the
             # acting copies (numpy inference, stacked heads): bump them, so every step reaches acting.
-            for param in self._trained_parameters():
+            for param in trained_parameters:
                 torch.autograd.graph.increment_version(param)
             finite = self._pre_step.all_finite(trained_modules, optimizer)
         if finite:

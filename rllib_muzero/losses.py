@@ -224,7 +224,8 @@ class UnrollLoss(NamedTuple):
     policy_logits_0: Tensor  # (B, A)
 
 
-def _check_batch(batch: Mapping[str, Any]) -> tuple[int, int, int]:
+def _check_batch(batch: Mapping[str, Any]) -> None:
+    """Refuses a batch whose keys or shapes do not fit :func:`muzero_loss` (a message naming the key)."""
     missing = [key for key in _REQUIRED_KEYS if key not in batch]
     if missing:
         raise ValueError(f"muzero_loss: the batch lacks the key(s) {missing} (see rllib_muzero.columns)")
@@ -241,7 +242,6 @@ def _check_batch(batch: Mapping[str, Any]) -> tuple[int, int, int]:
     if tuple(batch[TRAIN_WEIGHTS].shape) != (B,):
         shape = tuple(batch[TRAIN_WEIGHTS].shape)
         raise ValueError(f"muzero_loss: `{TRAIN_WEIGHTS}` must be (B,) = ({B},), got {shape}")
-    return B, K, policy.shape[2]
 
 
 def muzero_loss(

@@ -213,15 +213,16 @@ def encode_head_target(target: Tensor, support: DiscreteSupport | None) -> tuple
 
 class UnrollLoss(NamedTuple):
     """What :func:`unroll_loss` returns: the batch's loss and per-sample components, ``(B,)`` and detached, summed over
-    the unroll steps, and the first step's logits (detached, float32) for the priorities and metrics."""
+    the unroll steps, and the first step's value and policy entropy (detached, float32) for the priorities and
+    metrics."""
 
     total: Tensor  # () the weighted batch mean, to differentiate
     value_loss: Tensor  # (B,)
     reward_loss: Tensor  # (B,)
     policy_loss: Tensor  # (B,)
     consistency_loss: Tensor  # (B,)
-    value_logits_0: Tensor  # (B, Sv)
-    policy_logits_0: Tensor  # (B, A)
+    value_0: Tensor  # (B,) v^0, in the transformed scale when the targets are transformed
+    policy_entropy: Tensor  # () mean entropy of p^0
 
 
 def _check_batch(batch: Mapping[str, Any]) -> None:
@@ -347,17 +348,14 @@ def muzero_loss(
         consistency_loss_weight=consistency_loss_weight,
         target_hidden=target_hidden,
         unroll_mask=unroll_mask,
+        value_support=value_support,
     )
 
     # Priorities and metrics from the current network, in the raw value scale.
     with torch.no_grad():
-        predicted_value = support_to_scalar(out.value_logits_0, value_support)  # (B,)
-        if use_target_transform:
-            predicted_value = h_inverse(predicted_value)
+        predicted_value = h_inverse(out.value_0) if use_target_transform else out.value_0  # (B,)
         target_value_0 = target_value[:, 0]
         priorities = (predicted_value - target_value_0).abs()
-        log_p = torch.log_softmax(out.policy_logits_0, dim=-1)
-        policy_entropy = -(log_p.exp() * log_p).sum(-1).mean()
 
     return LossOutput(
         total=out.total,
@@ -368,7 +366,7 @@ def muzero_loss(
         priorities=priorities,
         predicted_value=predicted_value,
         target_value=target_value_0,
-        policy_entropy=policy_entropy,
+        policy_entropy=out.policy_entropy,
     )
 
 
@@ -392,6 +390,7 @@ def unroll_loss(
     consistency_loss_weight: float,
     target_hidden: Tensor | None,
     unroll_mask: Tensor | None,
+    value_support: DiscreteSupport | None,
 ) -> UnrollLoss:
     """The network unrolled ``K`` steps along the actions taken and eq. (1) summed over the steps, weighted by the
     importance-sampling weights and averaged over the batch:
@@ -404,6 +403,11 @@ def unroll_loss(
     masked (zero where their mask is 0); ``actions`` ``(B, K)`` int64; the masks, ``target_policy`` ``(B, K+1, A)``
     and ``weights`` ``(B,)`` float32. With ``consistency_heads``, ``target_hidden`` ``(B, K, *H)`` (no gradient) and
     ``unroll_mask`` ``(B, K)`` give EfficientZero's consistency loss (:func:`muzero_loss` builds them).
+
+    It also reads out the first step's predictions for the priorities and metrics, without gradient: the value
+    ``v^0`` (:func:`support_to_scalar` on ``value_support``, still in the transformed scale) and the policy's
+    entropy. Here rather than in the caller so that, compiled, the soft-max over the value atoms fuses with the
+    cross-entropy's.
     """
     K = actions.shape[1]
     value_head_loss = _HeadLoss(value_target, scalar_loss)
@@ -422,8 +426,9 @@ def unroll_loss(
     policy_loss = policy_loss_k.detach()
     reward_loss = torch.zeros_like(value_loss)
     consistency_loss = torch.zeros_like(value_loss)
-    value_logits_0 = out.value_logits.detach().float()
-    policy_logits_0 = out.policy_logits.detach().float()
+    value_0 = support_to_scalar(out.value_logits.detach().float(), value_support)  # (B,), transformed scale
+    log_p = torch.log_softmax(out.policy_logits.detach().float(), dim=-1)
+    policy_entropy = -(log_p.exp() * log_p).sum(-1).mean()
 
     # k = 1..K: from the previous hidden state and the action taken.
     hidden = out.hidden
@@ -447,10 +452,12 @@ def unroll_loss(
         policy_loss = policy_loss + policy_loss_k.detach()
 
     return UnrollLoss((weights * loss).mean(), value_loss, reward_loss, policy_loss, consistency_loss,
-                      value_logits_0, policy_logits_0)
+                      value_0, policy_entropy)
 
 
-def compile_unroll_loss(*, backend: str = "inductor", mode: str | None = None) -> Callable[..., UnrollLoss]:
+def compile_unroll_loss(
+    *, backend: str = "inductor", mode: str | None = None, cpp_wrapper: bool = False
+) -> Callable[..., UnrollLoss]:
     """:func:`unroll_loss` compiled by ``torch.compile`` (one graph, static shapes), for :func:`muzero_loss`'s
     ``unroll``; compiled on its first call (tens of seconds for inductor on a CPU), again if a shape, a dtype, the
     autocast state or the model changes.
@@ -461,12 +468,25 @@ def compile_unroll_loss(*, backend: str = "inductor", mode: str | None = None) -
     torch's eager mode runs as hundreds of small kernels per update: on the CPU learner benchmark with
     ``learner_precision`` "bf16-mixed" that is most of the difference (``docs/benchmarks.md``, "Learner speed").
 
+    ``cpp_wrapper`` (inductor only; the policy sets it for a CPU learner): inductor emits the code that calls the
+    graph's kernels and matrix products, forward and backward, as C++ instead of Python: +6 % updates/s on the CPU
+    learner benchmark (bf16-mixed, paired rounds in one process; ``docs/benchmarks.md``). It is merged into
+    ``mode``'s options (``torch._inductor.list_mode_options``), since ``torch.compile`` takes a mode or options, not
+    both. Not set for a GPU learner, where it is unmeasured here.
+
     Raises (on the first call):
         RuntimeError: naming ``torch_compile_learner`` when ``torch.compile`` cannot capture the network's functions
             in one graph (``.item()``, numpy, Python branches on tensor values) or its backend fails (inductor needs a
             C++ compiler on CPU).
     """
-    compiled = torch.compile(unroll_loss, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+    options = None
+    if backend == "inductor" and cpp_wrapper:
+        from torch._inductor import list_mode_options
+
+        options = {**list_mode_options(mode or "default"), "cpp_wrapper": True}
+        compiled = torch.compile(unroll_loss, fullgraph=True, dynamic=False, backend=backend, options=options)
+    else:
+        compiled = torch.compile(unroll_loss, fullgraph=True, dynamic=False, backend=backend, mode=mode)
 
     def run(model: Any, *args: Any, **kwargs: Any) -> UnrollLoss:
         try:
@@ -480,4 +500,5 @@ def compile_unroll_loss(*, backend: str = "inductor", mode: str | None = None) -
                 f"{type(error).__name__}: {str(error).strip()[:2000]}"
             ) from error
 
+    run.inductor_options = options  # what torch.compile was given besides the mode (None: the mode alone)
     return run

@@ -232,6 +232,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         self._unroll_loss = compile_unroll_loss(
             backend=config.get("torch_compile_learner_dynamo_backend", "inductor"),
             mode=config.get("torch_compile_learner_dynamo_mode"),
+            cpp_wrapper=self.device.type == "cpu",
         ) if config.get("torch_compile_learner") else None
 
     # ------------------------------------------------------------------ building

@@ -258,7 +258,11 @@ def support_to_scalar(logits: Tensor, support: DiscreteSupport | None) -> Tensor
             f"[{support.min}, {support.max}] has {support.size}"
         )
     probs = torch.softmax(logits, dim=-1)
-    return probs @ _cached_atoms(support.min, support.max, probs.dtype, probs.device)
+    if torch.compiler.is_compiling():  # in a graph (the compiled learner loss): a constant there, no cache to consult
+        atoms = torch.arange(support.min, support.max + 1, dtype=probs.dtype, device=probs.device)
+    else:  # eager, e.g. once per search simulation: built once
+        atoms = _cached_atoms(support.min, support.max, probs.dtype, probs.device)
+    return probs @ atoms
 
 
 def support_to_scalar_numpy(

@@ -30,9 +30,11 @@ def _loss_and_grads(model, heads, batch, **kwargs):
     return out, grads
 
 
-def test_compiled_unroll_matches_the_eager_loss_and_gradients():
+@pytest.mark.parametrize("cpp_wrapper", [False, True])
+def test_compiled_unroll_matches_the_eager_loss_and_gradients(cpp_wrapper):
     """Inductor (the default backend), categorical heads and the consistency loss on: the fullest graph. Same total,
-    components, priorities and gradients as eager, to float32 rounding; masked and NaN targets stay out as eagerly."""
+    components, priorities and gradients as eager, to float32 rounding; masked and NaN targets stay out as eagerly.
+    With inductor's C++ wrapper (what a CPU learner gets) and without (its Python wrapper, the GPU learner's)."""
     model, batch = fc_model(), make_batch(B=8, K=3)
     batch["value_mask"][0, 2:] = 0.0
     batch["target_value"][0, 2:] = float("nan")  # masked targets may hold anything
@@ -43,13 +45,24 @@ def test_compiled_unroll_matches_the_eager_loss_and_gradients():
     heads = ConsistencyHeads((16,), projection_size=16)
     heads.eval()  # BatchNorm statistics would otherwise move between the two runs
     eager, eager_grads = _loss_and_grads(model, heads, batch)
-    compiled, compiled_grads = _loss_and_grads(model, heads, batch, unroll=compile_unroll_loss())
+    unroll = compile_unroll_loss(cpp_wrapper=cpp_wrapper)
+    assert unroll.inductor_options == ({"cpp_wrapper": True} if cpp_wrapper else None)
+    compiled, compiled_grads = _loss_and_grads(model, heads, batch, unroll=unroll)
     for name in ("total", "value_loss", "reward_loss", "policy_loss", "consistency_loss", "policy_entropy"):
         torch.testing.assert_close(getattr(compiled, name), getattr(eager, name), rtol=1e-5, atol=1e-6, msg=name)
     torch.testing.assert_close(compiled.priorities, eager.priorities, rtol=1e-5, atol=1e-5)
     assert float(eager.consistency_loss) != 0.0
     for g_compiled, g_eager in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(g_compiled, g_eager, rtol=1e-4, atol=1e-6)
+
+
+def test_the_cpp_wrapper_keeps_the_mode_options():
+    """torch.compile takes a mode or options, not both: the C++ wrapper is merged into the mode's options, and only
+    inductor gets it (other backends take the mode as given)."""
+    assert compile_unroll_loss(mode="max-autotune-no-cudagraphs", cpp_wrapper=True).inductor_options == {
+        "max_autotune": True, "coordinate_descent_tuning": True, "cpp_wrapper": True}
+    assert compile_unroll_loss(mode="default", cpp_wrapper=True).inductor_options == {"cpp_wrapper": True}
+    assert compile_unroll_loss(backend="aot_eager", cpp_wrapper=True).inductor_options is None
 
 
 def test_compiled_unroll_with_scalar_heads():
@@ -92,7 +105,7 @@ def test_training_with_torch_compile_learner(ray_session):
     algo = config.framework(torch_compile_learner=True).build_algo()
     try:
         policy = algo.get_policy()
-        assert policy._unroll_loss is not None
+        assert policy._unroll_loss.inductor_options == {"cpp_wrapper": True}  # a CPU learner: the C++ wrapper
         graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
         results = [algo.train() for _ in range(3)]
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs  # it compiled

@@ -259,6 +259,7 @@ def muzero_loss(
     consistency_heads: ConsistencyHeads | None = None,
     consistency_loss_weight: float = 0.0,
     unroll: Callable[..., UnrollLoss] | None = None,
+    batch_prediction: bool = False,
 ) -> LossOutput:
     """MuZero's training loss (paper eq. (1)) on a batch of K-step unrolls; see the module docstring.
 
@@ -285,6 +286,9 @@ def muzero_loss(
         consistency_loss_weight: Multiplies ``l^c`` (EfficientZero: 2).
         unroll: Runs the unroll and the losses in place of :func:`unroll_loss` (same signature): the policy passes
             :func:`compile_unroll_loss`'s compiled version under ``torch_compile_learner``. ``None``: the eager one.
+        batch_prediction: Run ``prediction`` once on the stacked hidden states of all unroll steps when the model
+            allows it (:meth:`~rllib_muzero.models.MuZeroModelV2.can_batch_prediction_over_unroll`); see
+            :func:`unroll_loss`. The policy asks for it under bf16-mixed autocast, where it is faster.
 
     Returns:
         A :class:`LossOutput`.
@@ -349,6 +353,7 @@ def muzero_loss(
         target_hidden=target_hidden,
         unroll_mask=unroll_mask,
         value_support=value_support,
+        batch_prediction=batch_prediction and _can_batch_prediction(model),
     )
 
     # Priorities and metrics from the current network, in the raw value scale.
@@ -368,6 +373,12 @@ def muzero_loss(
         target_value=target_value_0,
         policy_entropy=out.policy_entropy,
     )
+
+
+def _can_batch_prediction(model: Any) -> bool:
+    """:meth:`~rllib_muzero.models.MuZeroModelV2.can_batch_prediction_over_unroll`, False for a model without it."""
+    method = getattr(model, "can_batch_prediction_over_unroll", None)
+    return bool(method()) if method is not None else False
 
 
 def unroll_loss(
@@ -391,6 +402,7 @@ def unroll_loss(
     target_hidden: Tensor | None,
     unroll_mask: Tensor | None,
     value_support: DiscreteSupport | None,
+    batch_prediction: bool = False,
 ) -> UnrollLoss:
     """The network unrolled ``K`` steps along the actions taken and eq. (1) summed over the steps, weighted by the
     importance-sampling weights and averaged over the batch:
@@ -404,45 +416,67 @@ def unroll_loss(
     and ``weights`` ``(B,)`` float32. With ``consistency_heads``, ``target_hidden`` ``(B, K, *H)`` (no gradient) and
     ``unroll_mask`` ``(B, K)`` give EfficientZero's consistency loss (:func:`muzero_loss` builds them).
 
+    With ``batch_prediction`` (:meth:`~rllib_muzero.models.MuZeroModelV2.can_batch_prediction_over_unroll`) the
+    network is called through its three functions, ``prediction`` once on the ``K + 1`` hidden states stacked along
+    the batch; otherwise ``model`` may be anything with ``initial_inference`` / ``recurrent_inference``, called once
+    per step. Same losses (each row's logits are the same function of its hidden state; bit-identical forward on the
+    CPU); in floating point the prediction heads' weight gradients are one product over ``(K+1) B`` rows instead of
+    a sum of ``K + 1`` products (a rounding-level difference, less rounding in bf16). Measured on the CPU learner
+    benchmark (paired rounds, ``docs/benchmarks.md``): +8-9 % updates/s under bf16-mixed autocast, eager or compiled;
+    -7 % in float32, probably because the ``(K+1) B x Sv`` float32 logits and their gradients no longer fit the
+    core's L2 cache. So the policy batches under bf16-mixed only.
+
     It also reads out the first step's predictions for the priorities and metrics, without gradient: the value
     ``v^0`` (:func:`support_to_scalar` on ``value_support``, still in the transformed scale) and the policy's
     entropy. Here rather than in the caller so that, compiled, the soft-max over the value atoms fuses with the
     cross-entropy's.
     """
-    K = actions.shape[1]
+    B, K = actions.shape
     value_head_loss = _HeadLoss(value_target, scalar_loss)
     reward_head_loss = _HeadLoss(reward_target, scalar_loss)
 
-    # k = 0: from the real observation.
-    out = model.initial_inference(obs)
-    if out.policy_logits.shape[-1] != target_policy.shape[-1]:
-        raise ValueError(f"muzero_loss: policy logits have {out.policy_logits.shape[-1]} actions, targets have "
+    # The network unrolled along the actions taken: s^k and the logits of every step k = 0..K.
+    if batch_prediction:  # prediction once on the K + 1 stacked hidden states (same function, larger products)
+        hiddens, reward_logits = [model.representation(obs)], [None]
+        for k in range(1, K + 1):
+            next_hidden, r = model.dynamics(scale_gradient(hiddens[-1], HIDDEN_STATE_GRADIENT_SCALE),
+                                            actions[:, k - 1])
+            hiddens.append(next_hidden)
+            reward_logits.append(r)
+        policy_all, value_all = model.prediction(torch.cat(hiddens))  # ((K+1) B, A), ((K+1) B, Sv)
+        policy_logits, value_logits = policy_all.split(B), value_all.split(B)
+    else:  # the duck-typed interface, one step at a time
+        outs = [model.initial_inference(obs)]
+        for k in range(1, K + 1):
+            outs.append(model.recurrent_inference(scale_gradient(outs[-1].hidden, HIDDEN_STATE_GRADIENT_SCALE),
+                                                  actions[:, k - 1]))
+        hiddens, reward_logits = [o.hidden for o in outs], [o.reward_logits for o in outs]
+        policy_logits, value_logits = [o.policy_logits for o in outs], [o.value_logits for o in outs]
+    if policy_logits[0].shape[-1] != target_policy.shape[-1]:
+        raise ValueError(f"muzero_loss: policy logits have {policy_logits[0].shape[-1]} actions, targets have "
                          f"{target_policy.shape[-1]}")
-    value_loss_k = value_head_loss(out.value_logits, 0) * value_mask[:, 0]
-    policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, 0]) * policy_mask[:, 0]  # (B,)
+
+    # k = 0: from the real observation.
+    value_loss_k = value_head_loss(value_logits[0], 0) * value_mask[:, 0]
+    policy_loss_k = _cross_entropy(policy_logits[0], target_policy[:, 0]) * policy_mask[:, 0]  # (B,)
     loss = value_loss_weight * value_loss_k + policy_loss_weight * policy_loss_k  # (B,); gradient scale 1
 
     value_loss = value_loss_k.detach()
     policy_loss = policy_loss_k.detach()
     reward_loss = torch.zeros_like(value_loss)
     consistency_loss = torch.zeros_like(value_loss)
-    value_0 = support_to_scalar(out.value_logits.detach().float(), value_support)  # (B,), transformed scale
-    log_p = torch.log_softmax(out.policy_logits.detach().float(), dim=-1)
+    value_0 = support_to_scalar(value_logits[0].detach().float(), value_support)  # (B,), transformed scale
+    log_p = torch.log_softmax(policy_logits[0].detach().float(), dim=-1)
     policy_entropy = -(log_p.exp() * log_p).sum(-1).mean()
 
     # k = 1..K: from the previous hidden state and the action taken.
-    hidden = out.hidden
     for k in range(1, K + 1):
-        hidden = scale_gradient(hidden, HIDDEN_STATE_GRADIENT_SCALE)
-        out = model.recurrent_inference(hidden, actions[:, k - 1])
-        hidden = out.hidden
-
-        value_loss_k = value_head_loss(out.value_logits, k) * value_mask[:, k]
-        reward_loss_k = reward_head_loss(out.reward_logits, k) * reward_mask[:, k]
-        policy_loss_k = _cross_entropy(out.policy_logits, target_policy[:, k]) * policy_mask[:, k]
+        value_loss_k = value_head_loss(value_logits[k], k) * value_mask[:, k]
+        reward_loss_k = reward_head_loss(reward_logits[k], k) * reward_mask[:, k]
+        policy_loss_k = _cross_entropy(policy_logits[k], target_policy[:, k]) * policy_mask[:, k]
         l_k = value_loss_weight * value_loss_k + reward_loss_weight * reward_loss_k + policy_loss_weight * policy_loss_k
         if consistency_heads is not None:  # EfficientZero: -cos(Q(P(s^k)), sg[P(h(o_{t+k}))])
-            consistency_loss_k = consistency_heads.loss(hidden, target_hidden[:, k - 1]) * unroll_mask[:, k - 1]
+            consistency_loss_k = consistency_heads.loss(hiddens[k], target_hidden[:, k - 1]) * unroll_mask[:, k - 1]
             l_k = l_k + consistency_loss_weight * consistency_loss_k
             consistency_loss = consistency_loss + consistency_loss_k.detach()
         loss = loss + scale_gradient(l_k, 1.0 / K)  # pseudocode: gradient_scale = 1 / len(actions)

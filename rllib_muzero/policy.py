@@ -466,6 +466,8 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             consistency_heads=self.consistency_heads,
             consistency_loss_weight=float(self.config["consistency_loss_weight"]),
             unroll=self._unroll_loss,
+            # prediction once on all unroll steps: faster in bf16, slower in float32 (losses.unroll_loss)
+            batch_prediction=self.config.get("learner_precision", "float32") == "bf16-mixed",
         )
         model.tower_stats["muzero_loss_output"] = out
         return out.total

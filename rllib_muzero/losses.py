@@ -422,7 +422,8 @@ def unroll_loss(
     per step. Same losses (each row's logits are the same function of its hidden state; bit-identical forward on the
     CPU); in floating point the prediction heads' weight gradients are one product over ``(K+1) B`` rows instead of
     a sum of ``K + 1`` products (a rounding-level difference, less rounding in bf16). Measured on the CPU learner
-    benchmark (paired rounds, ``docs/benchmarks.md``): +8-9 % updates/s under bf16-mixed autocast, eager or compiled;
+    benchmark (paired rounds in one process, ``docs/benchmarks.md``; +3 % across processes, where the host's drift
+    blurs it): +8-9 % updates/s under bf16-mixed autocast, eager or compiled;
     -7 % in float32, probably because the ``(K+1) B x Sv`` float32 logits and their gradients no longer fit the
     core's L2 cache. So the policy batches under bf16-mixed only.
 
@@ -503,10 +504,10 @@ def compile_unroll_loss(
     ``learner_precision`` "bf16-mixed" that is most of the difference (``docs/benchmarks.md``, "Learner speed").
 
     ``cpp_wrapper`` (inductor only; the policy sets it for a CPU learner): inductor emits the code that calls the
-    graph's kernels and matrix products, forward and backward, as C++ instead of Python: +6 % updates/s on the CPU
-    learner benchmark (bf16-mixed, paired rounds in one process; ``docs/benchmarks.md``). It is merged into
-    ``mode``'s options (``torch._inductor.list_mode_options``), since ``torch.compile`` takes a mode or options, not
-    both. Not set for a GPU learner, where it is unmeasured here.
+    graph's kernels and matrix products, forward and backward, as C++ instead of Python: +2-7 % updates/s on the CPU
+    learner benchmark (bf16-mixed, three runs of paired rounds in one process; ``docs/benchmarks.md``). It is merged
+    into ``mode``'s options (``torch._inductor.list_mode_options``), since ``torch.compile`` takes a mode or options,
+    not both. Not set for a GPU learner, where it is unmeasured here.
 
     Raises (on the first call):
         RuntimeError: naming ``torch_compile_learner`` when ``torch.compile`` cannot capture the network's functions

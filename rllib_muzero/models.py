@@ -217,11 +217,11 @@ class MuZeroModelV2(TorchModelV2, nn.Module, metaclass=abc.ABCMeta):
         stacked along the batch, ``(K+1) B`` rows, instead of once per step (:func:`rllib_muzero.losses.unroll_loss`).
 
         Same function, fewer and larger matrix products: +8-9 % learner updates/s on the CPU learner benchmark
-        under bf16-mixed, where the policy uses it (``docs/benchmarks.md``). True when this model's training-time
-        ``initial_inference`` / ``recurrent_inference`` are the base class's composition of the three functions and
-        no BatchNorm layer would normalise with the statistics of the stacked steps instead of each step's
-        (``muzero_resnet`` with ``norm="batch"`` keeps the per-step calls). Override it to return False if your
-        ``prediction`` mixes the samples of a batch in another way.
+        under bf16-mixed in paired rounds (+3 % across processes), where the policy uses it (``docs/benchmarks.md``).
+        True when this model's training-time ``initial_inference`` / ``recurrent_inference`` are the base class's
+        composition of the three functions and no BatchNorm layer would normalise with the statistics of the stacked
+        steps instead of each step's (``muzero_resnet`` with ``norm="batch"`` keeps the per-step calls). Override it
+        to return False if your ``prediction`` mixes the samples of a batch in another way.
         """
         cls = type(self)
         composed = (cls.initial_inference in _COMPOSED_INITIAL_INFERENCE

@@ -519,9 +519,8 @@ def compile_unroll_loss(
         from torch._inductor import list_mode_options
 
         options = {**list_mode_options(mode or "default"), "cpp_wrapper": True}
-        compiled = torch.compile(unroll_loss, fullgraph=True, dynamic=False, backend=backend, options=options)
-    else:
-        compiled = torch.compile(unroll_loss, fullgraph=True, dynamic=False, backend=backend, mode=mode)
+    mode_or_options = {"options": options} if options is not None else {"mode": mode}
+    compiled = torch.compile(unroll_loss, fullgraph=True, dynamic=False, backend=backend, **mode_or_options)
 
     def run(model: Any, *args: Any, **kwargs: Any) -> UnrollLoss:
         try:

@@ -16,7 +16,7 @@ from tests.test_conv_models import VALUE_SUPPORT as CONV_VALUE_SUPPORT
 from tests.test_losses import ToyModel, fc_model, loss, make_batch
 
 
-class _CountingPrediction:
+class CountingPrediction:
     """Wraps a model's ``prediction`` (an instance attribute shadows the method) and counts the rows it sees."""
 
     def __init__(self, model):
@@ -65,7 +65,7 @@ def test_batched_prediction_gives_the_per_step_loss_and_gradients(consistency):
     results = {}
     for batched in (False, True):
         model = fc_model()
-        calls = _CountingPrediction(model)
+        calls = CountingPrediction(model)
         out = loss(model, {k: torch.as_tensor(v) for k, v in batch.items()}, batch_prediction=batched, **kwargs)
         out.total.backward()
         assert calls.rows == ([(K + 1) * B] if batched else [B] * (K + 1))
@@ -83,7 +83,7 @@ def test_models_that_cannot_batch_keep_per_step_calls():
     """A BatchNorm network and a duck-typed model (no ``can_batch_prediction_over_unroll``) are called step by
     step even when batching is asked for."""
     model = make_model(ResidualMuZeroModel, SMALL, {**RESNET_SMALL, "downsample": False, "norm": "batch"})
-    calls = _CountingPrediction(model)
+    calls = CountingPrediction(model)
     B, K = 4, 2
     rng = np.random.default_rng(0)
     batch = {k: torch.as_tensor(v) for k, v in make_batch(B=B, K=K).items()}

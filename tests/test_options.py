@@ -16,6 +16,7 @@ from rllib_muzero.replay import SequenceReplayBuffer
 from rllib_muzero.serving import ServingAgent, export_for_serving
 from rllib_muzero.support import h_inverse
 from tests.test_algorithm import tiny_config
+from tests.test_batched_prediction import CountingPrediction
 from tests.test_config import cartpole_config
 
 
@@ -222,26 +223,20 @@ def test_bf16_mixed_learner_computes_in_bfloat16_close_to_float32_and_trains(ray
             return y
 
         linear.forward = recording_forward
-        prediction_rows: list[int] = []
-        prediction = policy.model.prediction
-
-        def recording_prediction(hidden):
-            prediction_rows.append(hidden.shape[0])
-            return prediction(hidden)
-
-        policy.model.prediction = recording_prediction
+        prediction_calls = CountingPrediction(policy.model)
         state = copy.deepcopy(policy.get_state())  # on the CPU, get_state's arrays share the live weights
         out = {}
         for precision in ("float32", "bf16-mixed"):
             policy.set_state(copy.deepcopy(state))  # the optimizer keeps the tensors it is given
             policy.config["learner_precision"] = precision
             seen.clear()
-            prediction_rows.clear()
+            prediction_calls.rows.clear()
             out[precision] = policy.learn_on_replay_batch({k: v.copy() for k, v in batch.items()})
             assert out[precision]["finite"]
             assert set(seen) == {torch.float32 if precision == "float32" else torch.bfloat16}, precision
             # bf16: prediction once on the K + 1 = 4 stacked unroll steps (faster there); float32: once per step
-            assert prediction_rows == ([16] * 4 if precision == "float32" else [64]), (precision, prediction_rows)
+            assert prediction_calls.rows == ([16] * 4 if precision == "float32" else [64]), (precision,
+                                                                                          prediction_calls.rows)
         del linear.forward, policy.model.prediction
         loss32, loss16 = (out[p]["learner_stats"]["total_loss"] for p in ("float32", "bf16-mixed"))
         assert loss16 != loss32 and abs(loss16 - loss32) <= 0.02 * abs(loss32), (loss16, loss32)

@@ -13,7 +13,8 @@ defaults, value and reward supports -300..300, AdamW) then runs updates of batch
 
 The headline (updates/s) times that real path, by wall clock and by the CPU time of the (only) working thread
 (``time.thread_time``; one torch thread): on a shared, loaded machine the wall-clock figure drops when other processes
-take the cores, the CPU-time figure much less, so prefer it when comparing runs made under different load. A second,
+take the cores, the CPU-time figure much less, so prefer it when comparing runs made under different load (it counts
+the thread's system time too: the page faults that ``keep_freed_host_memory`` removes). A second,
 interleaved series runs the same real path with the functions it calls wrapped by the thread's CPU clock (no copy of
 the policy's code, so the split cannot drift from it; the wrapping costs well under 1%, and that series' rate is
 printed too), and splits each update into:
@@ -39,6 +40,7 @@ Reproduce::
     python benchmarks/learner_speed.py --repeats 9 --updates 30
     python benchmarks/learner_speed.py --precision bf16-mixed   # learner_precision "bf16-mixed"
     python benchmarks/learner_speed.py --precision bf16-mixed --compile   # + torch_compile_learner
+    python benchmarks/learner_speed.py --no-keep-freed-host-memory   # glibc malloc's defaults (page faults)
     python benchmarks/learner_speed.py --profile          # cProfile of 30 real-path updates instead of the table
     python benchmarks/learner_speed.py --num-gpus 1       # the learner on a GPU (wall-clock rate)
 """
@@ -107,6 +109,7 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
 
     from rllib_muzero import MuZeroConfig
     from rllib_muzero.algorithm import make_replay
+    from rllib_muzero.host_memory import keep_freed_host_memory
     from rllib_muzero.policy import MuZeroTorchPolicy
 
     config = (
@@ -118,11 +121,14 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
             td_steps=args.td_steps,
             replay_capacity=args.capacity,
             learner_precision=args.precision,
+            keep_freed_host_memory=args.keep_freed_host_memory,
         )
         .resources(num_gpus=args.num_gpus)
         .framework(torch_compile_learner=args.compile)
         .debugging(seed=args.seed)
     )
+    if config.keep_freed_host_memory:  # as MuZero.setup does, in the learner's process
+        keep_freed_host_memory()
     env = gym.make("CartPole-v1")
     policy = MuZeroTorchPolicy(env.observation_space, env.action_space, config.to_dict())
     replay = make_replay(config, env.observation_space, env.action_space)
@@ -248,6 +254,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="torch_compile_learner: the loss's unroll compiled by torch.compile (inductor; compiled "
                              "during the warm-up updates, whose time is printed)")
+    parser.add_argument("--keep-freed-host-memory", action=argparse.BooleanOptionalAction, default=True,
+                        help="the option keep_freed_host_memory (glibc's malloc keeps what an update frees; "
+                             "--no-keep-freed-host-memory: malloc's defaults, as before 2026-12-01)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile 30 updates instead of the table")
     args = parser.parse_args()
@@ -296,7 +305,9 @@ def main() -> None:
     print(
         f"learner, batch {args.batch_size}, K = {args.unroll}, n = {args.td_steps}, replay {len(replay):,} / "
         f"{replay.capacity:,} transitions, {args.threads} thread(s), device {policy.device}, {args.precision}"
-        f"{', torch_compile_learner' if args.compile else ''}, torch {torch.__version__} (setup {setup_s:.1f} s, "
+        f"{', torch_compile_learner' if args.compile else ''}"
+        f"{'' if args.keep_freed_host_memory else ', malloc defaults'}, torch {torch.__version__} "
+        f"(setup {setup_s:.1f} s, "
         f"{args.warmup} warm-up updates {warmup_s:.1f} s)"
     )
     print(f"{'':<38}{'median':>8}{'min':>8}{'max':>8}   ({args.repeats} rounds x {args.updates} updates)")

@@ -48,7 +48,7 @@ CONFIG_VALUES = [
     ("fixed_temperatures", [INF]),
     # switches that must be booleans
     ("root_counts_as_visit", "yes"), ("use_target_transform", 1), ("use_q_max", None),
-    ("store_buffer_in_checkpoints", "no"), ("debug", 0),
+    ("store_buffer_in_checkpoints", "no"), ("debug", 0), ("keep_freed_host_memory", "yes"),
     # RLlib's own fields, which RLlib accepts unchecked on the old API stack
     ("num_env_runners", -1), ("num_env_runners", 1.5), ("num_envs_per_env_runner", 0),
     ("rollout_fragment_length", 0), ("rollout_fragment_length", "long"), ("seed", 1.5), ("seed", "zero"),

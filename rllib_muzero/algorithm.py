@@ -59,15 +59,13 @@ from rllib_muzero.losses import SCALAR_LOSSES
 from rllib_muzero.mcts import UNVISITED_VALUE_MODES
 from rllib_muzero.metrics import parameter_histograms, search_statistics
 from rllib_muzero.models import DEFAULT_MODEL_NAME, ModelOptionError, check_model_options
-from rllib_muzero.policy import MuZeroTorchPolicy, split_action_mask_space
+from rllib_muzero.policy import LEARNER_PRECISIONS, OPTIMIZERS, MuZeroTorchPolicy, split_action_mask_space
 from rllib_muzero.reanalyse import reanalyse_policy_targets
 from rllib_muzero.reanalyse_workers import ReanalysePipeline, make_reanalyse_workers
 from rllib_muzero.registry import NETWORKS
 from rllib_muzero.replay import SequenceReplayBuffer
 from rllib_muzero.runner_state import capture_runner, episode_boundary, episode_key, restore_runner
 
-OPTIMIZERS = ("sgd", "rmsprop", "adam", "adamw")
-LEARNER_PRECISIONS = ("float32", "bf16-mixed")
 CHECKPOINT_FORMAT_VERSION = 1  # of the "muzero" entry in algorithm_state.pkl; bump and migrate on layout changes
 logger = logging.getLogger(__name__)
 SAMPLE_REQUEST_TAG = "muzero_sample"  # tag of the asynchronous sample requests to the env runners

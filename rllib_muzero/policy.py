@@ -39,7 +39,10 @@ from rllib_muzero.mcts import SearchWorkspace
 from rllib_muzero.models import MuZeroModelV2, check_muzero_model
 from rllib_muzero.support import DiscreteSupport, head_size
 
-_OPTIMIZERS = {
+# The learner's options that this module implements; MuZeroConfig.validate() checks against these same names.
+BF16_MIXED = "bf16-mixed"
+LEARNER_PRECISIONS = ("float32", BF16_MIXED)
+OPTIMIZERS = {
     "sgd": lambda params, c, **kw: torch.optim.SGD(params, lr=c["lr"], momentum=c["momentum"],
                                                    weight_decay=c["weight_decay"], **kw),
     "rmsprop": lambda params, c, **kw: torch.optim.RMSprop(params, lr=c["lr"], momentum=c["momentum"],
@@ -64,10 +67,10 @@ def make_optimizer(name: str, params: list[torch.nn.Parameter], config: Mapping[
     # ones, which also had no fused CPU kernels): decide here, for the devices and dtypes that have the kernels.
     if name in _FUSED_OPTIMIZERS and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params):
         try:
-            return _OPTIMIZERS[name](params, config, fused=True)
+            return OPTIMIZERS[name](params, config, fused=True)
         except (RuntimeError, TypeError):  # a device or dtype without fused kernels, or a torch without the option
             pass
-    return _OPTIMIZERS[name](params, config)
+    return OPTIMIZERS[name](params, config)
 
 
 def split_action_mask_space(observation_space: gym.Space, mask_key: str, num_actions: int
@@ -447,7 +450,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
         """The precision of the learner's forward passes (``learner_precision``): ``torch.autocast`` to bfloat16 on
         the learner's device for "bf16-mixed" (matrix products in bf16, the losses cast back to float32 by
         :func:`~rllib_muzero.losses.muzero_loss`), a no-op for "float32"."""
-        if self.config.get("learner_precision", "float32") == "bf16-mixed":
+        if self.config.get("learner_precision", "float32") == BF16_MIXED:
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
@@ -467,7 +470,7 @@ class MuZeroTorchPolicy(TorchPolicyV2):
             consistency_loss_weight=float(self.config["consistency_loss_weight"]),
             unroll=self._unroll_loss,
             # prediction once on all unroll steps: faster in bf16, slower in float32 (losses.unroll_loss)
-            batch_prediction=self.config.get("learner_precision", "float32") == "bf16-mixed",
+            batch_prediction=self.config.get("learner_precision", "float32") == BF16_MIXED,
         )
         model.tower_stats["muzero_loss_output"] = out
         return out.total

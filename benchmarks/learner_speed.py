@@ -4,8 +4,9 @@ A :class:`~rllib_muzero.replay.SequenceReplayBuffer` (capacity ``--capacity``, d
 CartPole-like episodes (4 float32 observations, 2 actions, reward 1 per step, lengths 10..500, mostly terminated,
 truncated at 500) that arrive as interleaved 50-step fragments of 16 envs, as RLlib's ``truncate_episodes`` sampler
 delivers them. A :class:`~rllib_muzero.policy.MuZeroTorchPolicy` with the default CartPole network (``muzero_fc``
-defaults, value and reward supports -300..300, AdamW) then runs updates of batch ``--batch-size`` (256) with
-``--unroll`` (K = 5) unroll steps and ``--td-steps`` (n = 10), exactly as ``MuZero._learn_once`` does them::
+defaults, value and reward supports -300..300 or ``--support``, AdamW) then runs updates of batch ``--batch-size``
+(256) with ``--unroll`` (K = 5) unroll steps and ``--td-steps`` (n = 10), exactly as ``MuZero._learn_once`` does
+them::
 
     batch = replay.sample(B, num_unroll_steps=K, td_steps=n, discount=gamma, rng=rng)
     out = policy.learn_on_replay_batch(batch)
@@ -41,6 +42,8 @@ Reproduce::
     python benchmarks/learner_speed.py --precision bf16-mixed   # learner_precision "bf16-mixed"
     python benchmarks/learner_speed.py --precision bf16-mixed --compile   # + torch_compile_learner
     python benchmarks/learner_speed.py --no-keep-freed-host-memory   # glibc malloc's defaults (page faults)
+    python benchmarks/learner_speed.py --support 15       # value and reward supports -15..15 (the tuned examples')
+    PYTHONPATH=/tmp/ref python benchmarks/learner_speed.py   # an older checkout (git worktree), its default options
     python benchmarks/learner_speed.py --profile          # cProfile of 30 real-path updates instead of the table
     python benchmarks/learner_speed.py --num-gpus 1       # the learner on a GPU (wall-clock rate)
 """
@@ -53,6 +56,7 @@ import os
 import pstats
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -104,30 +108,40 @@ def fill_replay(replay: Any, num_transitions: int, *, num_envs: int, fragment: i
 
 
 def build(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The policy (default CartPole network, AdamW) and a filled replay buffer, as ``MuZero.setup`` builds them."""
+    """The policy (default CartPole network, AdamW) and a filled replay buffer, as ``MuZero.setup`` builds them.
+
+    Options at their defaults are not passed to ``MuZeroConfig.training``, so that the script also measures an older
+    checkout of the package (``PYTHONPATH=<worktree>``, e.g. issue #17's reference) that lacks them."""
     import gymnasium as gym
 
     from rllib_muzero import MuZeroConfig
     from rllib_muzero.algorithm import make_replay
-    from rllib_muzero.host_memory import keep_freed_host_memory
     from rllib_muzero.policy import MuZeroTorchPolicy
 
+    training: dict[str, Any] = {
+        "train_batch_size": args.batch_size,
+        "num_unroll_steps": args.unroll,
+        "td_steps": args.td_steps,
+        "replay_capacity": args.capacity,
+    }
+    if args.support is not None:
+        training["value_support"] = training["reward_support"] = (-args.support, args.support)
+    if args.precision != "float32":
+        training["learner_precision"] = args.precision
+    if not args.keep_freed_host_memory:
+        training["keep_freed_host_memory"] = False
     config = (
         MuZeroConfig()
         .environment("CartPole-v1")
-        .training(
-            train_batch_size=args.batch_size,
-            num_unroll_steps=args.unroll,
-            td_steps=args.td_steps,
-            replay_capacity=args.capacity,
-            learner_precision=args.precision,
-            keep_freed_host_memory=args.keep_freed_host_memory,
-        )
+        .training(**training)
         .resources(num_gpus=args.num_gpus)
-        .framework(torch_compile_learner=args.compile)
         .debugging(seed=args.seed)
     )
-    if config.keep_freed_host_memory:  # as MuZero.setup does, in the learner's process
+    if args.compile:
+        config.framework(torch_compile_learner=True)
+    if getattr(config, "keep_freed_host_memory", False):  # as MuZero.setup does, in the learner's process
+        from rllib_muzero.host_memory import keep_freed_host_memory
+
         keep_freed_host_memory()
     env = gym.make("CartPole-v1")
     policy = MuZeroTorchPolicy(env.observation_space, env.action_space, config.to_dict())
@@ -257,9 +271,14 @@ def main() -> None:
     parser.add_argument("--keep-freed-host-memory", action=argparse.BooleanOptionalAction, default=True,
                         help="the option keep_freed_host_memory (glibc's malloc keeps what an update frees; "
                              "--no-keep-freed-host-memory: malloc's defaults, as before 2026-12-01)")
+    parser.add_argument("--support", type=int, default=None, metavar="N",
+                        help="value and reward supports -N..N (default: MuZeroConfig's, -300..300, the paper's 601 "
+                             "atoms; the tuned examples use 15-25)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", action="store_true", help="cProfile 30 updates instead of the table")
     args = parser.parse_args()
+    if args.support is not None and args.support < 1:
+        parser.error(f"--support must be a positive integer (atoms -N..N), got {args.support}")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -302,11 +321,15 @@ def main() -> None:
             shares[name].append(value / elapsed)
         shares["outside fwd/bwd"].append(1.0 - (phases["forward (loss)"] + phases["backward"]) / elapsed)
 
+    import rllib_muzero  # imported by build(); its path tells which checkout ran (PYTHONPATH=<worktree>)
+
     print(
         f"learner, batch {args.batch_size}, K = {args.unroll}, n = {args.td_steps}, replay {len(replay):,} / "
         f"{replay.capacity:,} transitions, {args.threads} thread(s), device {policy.device}, {args.precision}"
         f"{', torch_compile_learner' if args.compile else ''}"
-        f"{'' if args.keep_freed_host_memory else ', malloc defaults'}, torch {torch.__version__} "
+        f"{'' if args.keep_freed_host_memory else ', malloc defaults'}"
+        f"{'' if args.support is None else f', supports -{args.support}..{args.support}'}, torch {torch.__version__}, "
+        f"package {Path(rllib_muzero.__file__).parent.parent} "
         f"(setup {setup_s:.1f} s, "
         f"{args.warmup} warm-up updates {warmup_s:.1f} s)"
     )

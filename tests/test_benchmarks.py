@@ -6,6 +6,7 @@ The benchmark scripts import ``_target_return`` from their own folder (``python 
 ``sys.path``); the tests put it there too.
 """
 
+import argparse
 import csv
 import json
 import os
@@ -24,6 +25,7 @@ if str(ROOT / "benchmarks") not in sys.path:
     sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import _target_return  # noqa: E402
+import learner_speed  # noqa: E402
 import learning  # noqa: E402
 import pong_ram  # noqa: E402
 
@@ -170,6 +172,8 @@ def test_pong_evaluation_env_is_the_training_env_without_episode_life():
     ("search_speed.py", ["--inference", "torch", "--batch-sizes", "2", "--simulations", "3", "--repeats", "1"]),
     ("learner_speed.py", ["--batch-size", "16", "--capacity", "2000", "--updates", "2", "--repeats", "1",
                           "--warmup", "1"]),
+    ("learner_speed.py", ["--batch-size", "16", "--capacity", "2000", "--updates", "2", "--repeats", "1",
+                          "--warmup", "1", "--support", "15"]),
     ("replay_memory.py", []),
 ])
 def test_speed_benchmarks_run_and_print_their_figures(script, args):
@@ -179,6 +183,38 @@ def test_speed_benchmarks_run_and_print_their_figures(script, args):
                             text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     assert any(ch.isdigit() for ch in result.stdout), result.stdout
+
+
+def test_learner_speed_passes_only_the_options_it_changes(monkeypatch):
+    """``build`` leaves options at their defaults out of ``MuZeroConfig.training``, so the script runs against an
+    older checkout that lacks them (issue #17's reference); ``--support`` sets both heads' supports."""
+    from rllib_muzero import MuZeroConfig
+
+    seen = []
+    real_training = MuZeroConfig.training
+
+    def recording_training(self, **kwargs):
+        seen.append(kwargs)
+        return real_training(self, **kwargs)
+
+    monkeypatch.setattr(MuZeroConfig, "training", recording_training)
+    monkeypatch.setattr(learner_speed, "fill_replay", lambda *args, **kwargs: None)
+    base = dict(batch_size=16, unroll=5, td_steps=10, capacity=1000, fill=None, num_gpus=0, seed=0, compile=False)
+    learner_speed.build(argparse.Namespace(**base, precision="float32", keep_freed_host_memory=True, support=None))
+    assert set(seen[-1]) == {"train_batch_size", "num_unroll_steps", "td_steps", "replay_capacity"}
+    policy, _ = learner_speed.build(argparse.Namespace(**base, precision="bf16-mixed", keep_freed_host_memory=False,
+                                                       support=15))
+    assert seen[-1]["learner_precision"] == "bf16-mixed" and seen[-1]["keep_freed_host_memory"] is False
+    assert seen[-1]["value_support"] == seen[-1]["reward_support"] == (-15, 15)
+    assert policy.model.value_support_size == policy.model.reward_support_size == 31
+
+
+def test_learner_speed_refuses_a_support_below_one():
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learner_speed.py"), "--support", "0"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert result.returncode == 2
+    assert "--support must be a positive integer" in result.stderr
 
 
 def test_search_speed_refuses_a_device_for_the_numpy_inference():

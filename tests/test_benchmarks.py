@@ -209,20 +209,15 @@ def test_learner_speed_passes_only_the_options_it_changes(monkeypatch):
     assert policy.model.value_support_size == policy.model.reward_support_size == 31
 
 
-def test_learner_speed_refuses_a_support_below_one():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learner_speed.py"), "--support", "0"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+@pytest.mark.parametrize("script,args,message", [
+    ("learner_speed.py", ["--support", "0"], "--support must be a positive integer"),
+    ("search_speed.py", ["--device", "cuda"], "--device cuda needs --inference torch"),
+])
+def test_speed_benchmarks_refuse_bad_options(script, args, message):
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert result.returncode == 2
-    assert "--support must be a positive integer" in result.stderr
-
-
-def test_search_speed_refuses_a_device_for_the_numpy_inference():
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "search_speed.py"), "--device", "cuda"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert result.returncode == 2
-    assert "--device cuda needs --inference torch" in result.stderr
+    assert message in result.stderr
 
 
 # ---------------------------------------------------------------------------------------------------- learning.py

@@ -174,7 +174,7 @@ def test_pong_evaluation_env_is_the_training_env_without_episode_life():
                           "--warmup", "1"]),
     ("learner_speed.py", ["--batch-size", "16", "--capacity", "2000", "--updates", "2", "--repeats", "1",
                           "--warmup", "1", "--support", "15"]),
-    ("replay_memory.py", []),
+    ("replay_memory.py", ["--capacities", "2000", "10001", "--detail"]),  # small: the default fills 1M
 ])
 def test_speed_benchmarks_run_and_print_their_figures(script, args):
     """Each speed benchmark still runs against the current package (a renamed function broke one once) and prints

@@ -139,7 +139,9 @@ def build(args: argparse.Namespace) -> tuple[Any, Any]:
     )
     if args.compile:
         config.framework(torch_compile_learner=True)
-    if getattr(config, "keep_freed_host_memory", False):  # as MuZero.setup does, in the learner's process
+    if not hasattr(config, "keep_freed_host_memory"):  # an older checkout: malloc's defaults (said in the header)
+        args.keep_freed_host_memory = False
+    elif config.keep_freed_host_memory:  # as MuZero.setup does, in the learner's process
         from rllib_muzero.host_memory import keep_freed_host_memory
 
         keep_freed_host_memory()

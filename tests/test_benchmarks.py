@@ -187,10 +187,14 @@ def test_speed_benchmarks_run_and_print_their_figures(script, args):
 
 def test_learner_speed_passes_only_the_options_it_changes(monkeypatch):
     """``build`` leaves options at their defaults out of ``MuZeroConfig.training``, so the script runs against an
-    older checkout that lacks them (issue #17's reference); ``--support`` sets both heads' supports."""
+    older checkout that lacks them (issue #17's reference); ``--support`` sets both heads' supports; the malloc
+    thresholds are set as ``MuZero.setup`` sets them, and an older checkout without the option is reported as
+    running with malloc's defaults."""
+    import rllib_muzero
+    import rllib_muzero.host_memory
     from rllib_muzero import MuZeroConfig
 
-    seen = []
+    seen, kept = [], []
     real_training = MuZeroConfig.training
 
     def recording_training(self, **kwargs):
@@ -199,14 +203,29 @@ def test_learner_speed_passes_only_the_options_it_changes(monkeypatch):
 
     monkeypatch.setattr(MuZeroConfig, "training", recording_training)
     monkeypatch.setattr(learner_speed, "fill_replay", lambda *args, **kwargs: None)
+    # Recorded, not applied: mallopt would change this whole pytest process.
+    monkeypatch.setattr(rllib_muzero.host_memory, "keep_freed_host_memory", lambda: kept.append(True) or True)
     base = dict(batch_size=16, unroll=5, td_steps=10, capacity=1000, fill=None, num_gpus=0, seed=0, compile=False)
     learner_speed.build(argparse.Namespace(**base, precision="float32", keep_freed_host_memory=True, support=None))
     assert set(seen[-1]) == {"train_batch_size", "num_unroll_steps", "td_steps", "replay_capacity"}
+    assert kept == [True]
     policy, _ = learner_speed.build(argparse.Namespace(**base, precision="bf16-mixed", keep_freed_host_memory=False,
                                                        support=15))
     assert seen[-1]["learner_precision"] == "bf16-mixed" and seen[-1]["keep_freed_host_memory"] is False
     assert seen[-1]["value_support"] == seen[-1]["reward_support"] == (-15, 15)
     assert policy.model.value_support_size == policy.model.reward_support_size == 31
+    assert kept == [True]  # not applied when the option is off
+
+    class OlderConfig(MuZeroConfig):  # a checkout from before keep_freed_host_memory
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            del self.keep_freed_host_memory
+
+    monkeypatch.setattr(rllib_muzero, "MuZeroConfig", OlderConfig)
+    args = argparse.Namespace(**base, precision="float32", keep_freed_host_memory=True, support=None)
+    learner_speed.build(args)
+    assert "keep_freed_host_memory" not in seen[-1] and kept == [True]
+    assert args.keep_freed_host_memory is False  # the header then says "malloc defaults"
 
 
 @pytest.mark.parametrize("script,args,message", [
